@@ -1,0 +1,154 @@
+"""Human sentences for events, in English (default) and Chinese (events.language: zh).
+
+WeFastAPI's UI and the seed executor speak Chinese, so operators of a Chinese
+service can have the supervisor's lines match their executors' own.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Callable
+
+if TYPE_CHECKING:
+    from .events import Event
+
+
+def _seconds(value: float | None) -> str:
+    if value is None:
+        return "?"
+    if value < 10:
+        return f"{value:.1f}s"
+    if value < 3600:
+        return f"{value:.0f}s"
+    return f"{value / 3600:.1f}h"
+
+
+def _how_ended(e: "Event", zh: bool) -> str:
+    if e.signal:
+        return f"被信号 {e.signal} 终止" if zh else f"killed by {e.signal}"
+    return f"退出码 {e.exit_code}" if zh else f"exit code {e.exit_code}"
+
+
+def _plan(e: "Event", zh: bool) -> str:
+    if e.restart_in is None:
+        return "不再重启" if zh else "not restarting"
+    if zh:
+        return f"{_seconds(e.restart_in)} 后重启 (第 {e.restarts} 次重启)"
+    return f"restarting in {_seconds(e.restart_in)} (restart {e.restarts})"
+
+
+def _with_output(text: str, e: "Event") -> str:
+    return f"{text}\n{e.output}" if e.output else text
+
+
+def _en(e: "Event") -> str:
+    d = e.detail
+    kind = e.event
+    if kind == "spawned":
+        return f"spawned (pid {e.pid})"
+    if kind == "running":
+        return f"running (pid {e.pid})"
+    if kind == "crashed":
+        verb = "crashed with" if not e.signal else "crashed:"
+        return _with_output(
+            f"{verb} {_how_ended(e, False)} after {_seconds(e.runtime)}; {_plan(e, False)}", e
+        )
+    if kind == "exited":
+        return f"exited with {_how_ended(e, False)} after {_seconds(e.runtime)}; {_plan(e, False)}"
+    if kind == "fatal":
+        return _with_output(
+            f"gave up after {e.restarts} restarts within {_seconds(d.get('window'))} "
+            f"(last: {_how_ended(e, False)}); start it again by hand",
+            e,
+        )
+    if kind == "stopping":
+        return f"stopping (pid {e.pid}, {d.get('signal', 'SIGTERM')})"
+    if kind == "stopped":
+        killed = " (killed after stop timeout)" if d.get("killed") else ""
+        return f"stopped{killed}"
+    return _supervisor_en(e)
+
+
+def _supervisor_en(e: "Event") -> str:
+    d = e.detail
+    kind = e.event
+    if kind == "supervisor_started":
+        return f"started {d.get('instances', 0)} instances of {d.get('types', 0)} types (pid {d.get('pid')})"
+    if kind == "supervisor_stopping":
+        return f"stopping {d.get('instances', 0)} instances ({d.get('reason', 'asked to stop')})"
+    if kind == "supervisor_stopped":
+        return f"stopped after {_seconds(d.get('uptime'))}"
+    if kind == "reloaded":
+        return (
+            f"reloaded config: {d.get('started', 0)} started, {d.get('stopped', 0)} stopped, "
+            f"{d.get('restarted', 0)} restarted, {d.get('unchanged', 0)} unchanged"
+        )
+    if kind == "reload_failed":
+        return f"reload refused, config unchanged: {d.get('errors', '')}"
+    if kind == "scaled":
+        return f"scaled {d.get('type')} from {d.get('old')} to {d.get('new')} instances"
+    if kind == "events_dropped":
+        return (
+            f"event spool full: dropped {d.get('dropped', 0)} oldest events "
+            f"({d.get('by_level', {})}); seq gap is intentional"
+        )
+    if kind == "delivery_recovered":
+        return (
+            f"log API reachable again: {d.get('delayed', 0)} events were delayed "
+            f"up to {_seconds(d.get('max_delay'))}"
+        )
+    return str(d.get("text", kind))
+
+
+def _zh(e: "Event") -> str:
+    d = e.detail
+    kind = e.event
+    if kind == "spawned":
+        return f"已启动进程 (pid {e.pid})"
+    if kind == "running":
+        return f"已启动 运行中 (pid {e.pid})"
+    if kind == "crashed":
+        return _with_output(
+            f"异常退出: {_how_ended(e, True)}, 运行了 {_seconds(e.runtime)}; {_plan(e, True)}", e
+        )
+    if kind == "exited":
+        return f"已退出: {_how_ended(e, True)}, 运行了 {_seconds(e.runtime)}; {_plan(e, True)}"
+    if kind == "fatal":
+        return _with_output(
+            f"放弃重启: {_seconds(d.get('window'))} 内已重启 {e.restarts} 次 "
+            f"(最后: {_how_ended(e, True)}); 请手动启动",
+            e,
+        )
+    if kind == "stopping":
+        return f"正在停止 (pid {e.pid}, {d.get('signal', 'SIGTERM')})"
+    if kind == "stopped":
+        return "已停止 (超时后强制结束)" if d.get("killed") else "已停止"
+    if kind == "supervisor_started":
+        return f"已启动 {d.get('types', 0)} 种执行端共 {d.get('instances', 0)} 个实例 (pid {d.get('pid')})"
+    if kind == "supervisor_stopping":
+        return f"正在停止 {d.get('instances', 0)} 个实例 ({d.get('reason', '')})"
+    if kind == "supervisor_stopped":
+        return f"已停止, 运行了 {_seconds(d.get('uptime'))}"
+    if kind == "reloaded":
+        return (
+            f"已重新加载配置: 启动 {d.get('started', 0)}, 停止 {d.get('stopped', 0)}, "
+            f"重启 {d.get('restarted', 0)}, 未变 {d.get('unchanged', 0)}"
+        )
+    if kind == "reload_failed":
+        return f"配置无效, 未作任何更改: {d.get('errors', '')}"
+    if kind == "scaled":
+        return f"{d.get('type')} 实例数 {d.get('old')} -> {d.get('new')}"
+    if kind == "events_dropped":
+        return f"事件缓存已满: 丢弃了 {d.get('dropped', 0)} 条最旧的事件 ({d.get('by_level', {})})"
+    if kind == "delivery_recovered":
+        return f"日志接口已恢复: {d.get('delayed', 0)} 条事件延迟, 最长 {_seconds(d.get('max_delay'))}"
+    return str(d.get("text_zh", d.get("text", kind)))
+
+
+_RENDERERS: dict[str, Callable[["Event"], str]] = {"en": _en, "zh": _zh}
+
+
+def render(event: "Event", language: str = "en") -> str:
+    """`ET-Name-N: text` for instance events, `exec-supervisor@name: text` for the supervisor's."""
+    text = _RENDERERS.get(language, _en)(event)
+    sender = event.exec_id or f"exec-supervisor@{event.supervisor}"
+    return f"{sender}: {text}"
