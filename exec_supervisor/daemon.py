@@ -1,0 +1,201 @@
+"""The daemon: wires config, engine, event sinks and signals onto one asyncio loop."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import fcntl
+import logging
+import os
+import signal
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from . import __version__, config as config_mod, locallog, osproc
+from .engine import Engine
+from .events import Event, EventBus
+
+log = logging.getLogger("exec_supervisor")
+
+
+class DaemonError(Exception):
+    """A problem the operator can fix; printed as one line."""
+
+    def __init__(self, message: str, exit_code: int = 1) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+class StateLock:
+    """One daemon per state_dir: an flock held for the daemon's life (released by the kernel if it dies)."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self.path = state_dir / "daemon.lock"
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            if exc.errno not in (errno.EWOULDBLOCK, errno.EACCES):
+                raise
+            holder = os.read(fd, 32).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            raise DaemonError(
+                f"another exec-supervisor (pid {holder}) is already running with state_dir {self.path.parent}"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+def _prepare_dirs(cfg: config_mod.FarmConfig) -> None:
+    for key, path in (("supervisor.state_dir", cfg.state_dir), ("supervisor.log_dir", cfg.log_dir)):
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+            probe = path / ".write-test"
+            probe.touch()
+            probe.unlink()
+        except OSError as exc:
+            raise DaemonError(f"{cfg.path.name}: {key}: cannot use {path}: {exc.strerror}", 2) from None
+
+
+class Daemon:
+    def __init__(self, cfg: config_mod.FarmConfig) -> None:
+        self.config = cfg
+        self.bus = EventBus()
+        self.engine = Engine(cfg, self.bus)
+        self.started_at = time.time()
+        self._stop = asyncio.Event()
+        self._sigints = 0
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.forwarder: Any = None
+        self.extensions: list[Any] = []  # control server, sd_notify: each has start()/stop()
+
+    # ------------------------------------------------------------------ events
+
+    def emit(self, kind: str, level: str = "info", **detail: Any) -> None:
+        self.bus.publish(Event(event=kind, level=level, supervisor=self.config.name, detail=detail))
+
+    def publish_threadsafe(self, event: Event) -> None:
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(self.bus.publish, event)
+
+    # ------------------------------------------------------------------ signals
+
+    def request_stop(self, reason: str) -> None:
+        if not self._stop.is_set():
+            log.info("exec-supervisor@%s: %s: stopping the farm", self.config.name, reason)
+        self.engine.stopping = True  # also ends a start-up still spawning
+        self._stop.set()
+
+    def _on_sigint(self) -> None:
+        self._sigints += 1
+        if self._sigints == 1:
+            self.request_stop("SIGINT (press Ctrl-C again to kill at once)")
+        else:
+            log.warning("exec-supervisor@%s: second SIGINT: killing every instance now", self.config.name)
+            self.engine.kill_all()
+            self.request_stop("second SIGINT")
+
+    def _on_sighup(self) -> None:
+        asyncio.get_running_loop().create_task(self.reload())
+
+    # ------------------------------------------------------------------ reload
+
+    async def reload(self) -> dict[str, Any]:
+        """Re-read the config file; an invalid one changes nothing."""
+        try:
+            new = config_mod.load(self.config.path)
+        except config_mod.ConfigError as exc:
+            errors = [str(p) for p in exc.problems]
+            self.emit("reload_failed", level="error", errors="; ".join(errors))
+            return {"ok": False, "errors": errors}
+        for key in ("state_dir", "log_dir"):
+            if getattr(new, key) != getattr(self.config, key):
+                message = f"{self.config.path.name}: supervisor.{key}: cannot change while running (restart the daemon)"
+                self.emit("reload_failed", level="error", errors=message)
+                return {"ok": False, "errors": [message]}
+        for type_name in list(self.engine.scaled):
+            old = self.config.executors.get(type_name)
+            fresh = new.executors.get(type_name)
+            # Editing a type's ids/count in the config replaces a runtime scale of it.
+            if fresh is None or old is None or fresh.id_list != old.id_list:
+                del self.engine.scaled[type_name]
+        self.config = self.engine.config = new
+        self.engine.supervisor_name = new.name
+        if self.forwarder is not None:
+            self.forwarder.reconfigure(new)
+        done = await self.engine.reconcile()
+        self.emit("reloaded", **done)
+        return {"ok": True, **done}
+
+    # ------------------------------------------------------------------ main
+
+    async def run(self) -> int:
+        loop = self._loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGTERM, self.request_stop, "SIGTERM")
+        loop.add_signal_handler(signal.SIGINT, self._on_sigint)
+        loop.add_signal_handler(signal.SIGHUP, self._on_sighup)
+        self.bus.subscribe(locallog.event_sink)
+        self._start_forwarder()
+        self.engine.attach(loop)
+        left = self.engine.stop_previous_leftovers()
+        if left:
+            log.warning("stopped %d executors left running by a previous exec-supervisor", left)
+        for extension in self.extensions:
+            await extension.start(self)
+        done = await self.engine.reconcile()
+        counts = self.engine.counts()
+        self.emit("supervisor_started", instances=counts["desired"], types=len(self.config.executors),
+                  pid=os.getpid(), version=__version__, started=done["started"])
+        await self._stop.wait()
+        self.emit("supervisor_stopping", instances=sum(1 for i in self.engine.instances.values() if i.pid),
+                  reason="asked to stop")
+        for extension in reversed(self.extensions):
+            await extension.stopping(self)
+        await self.engine.shutdown()
+        self.emit("supervisor_stopped", uptime=time.time() - self.started_at)
+        for extension in reversed(self.extensions):
+            await extension.stop(self)
+        if self.forwarder is not None:
+            await loop.run_in_executor(None, self.forwarder.stop)
+        return 0
+
+    def _start_forwarder(self) -> None:
+        if not self.config.events.forward:
+            return
+        try:
+            from .forwarder import EventForwarder
+        except ImportError:  # not built yet in this checkout
+            return
+        self.forwarder = EventForwarder(self.config, self.publish_threadsafe)
+        self.bus.subscribe(self.forwarder.sink)
+        self.forwarder.start()
+
+
+def run(config_path: str, verbose: bool = False, extensions: list[Callable[[], Any]] | None = None) -> int:
+    """Load, lock, and supervise until stopped. Raises ConfigError / DaemonError for the CLI to print."""
+    cfg = config_mod.load(config_path)
+    _prepare_dirs(cfg)
+    lock = StateLock(cfg.state_dir)
+    lock.acquire()
+    locallog.setup(verbose)
+    osproc.set_child_subreaper()
+    osproc.raise_nofile_limit()
+    try:
+        async def main() -> int:
+            daemon = Daemon(cfg)
+            daemon.extensions = [make() for make in (extensions or [])]
+            return await daemon.run()
+
+        return asyncio.run(main())
+    finally:
+        lock.release()

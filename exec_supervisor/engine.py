@@ -1,0 +1,311 @@
+"""The reconciler: desired instances (config + runtime overrides) vs actual processes.
+
+Start, stop, scale and reload all change the desired state and call
+`reconcile()`; there is one path that starts, stops or restarts the difference.
+The engine also reaps children (SIGCHLD + waitpid(-1), so orphans adopted as
+subreaper are reaped too), rotates log files and records runtime state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import signal
+import time
+from pathlib import Path
+from typing import Any, Iterable
+
+from . import osproc
+from .config import ExecutorType, FarmConfig, InstanceSpec
+from .events import Event, EventBus
+from .instance import AT_REST, Instance, State
+
+log = logging.getLogger("exec_supervisor")
+
+SPAWN_BATCH = 64  # spawns between yields to the loop, so signals and requests stay served
+LOG_CHECK_SECONDS = 5.0
+STATE_FLUSH_SECONDS = 0.5
+ORPHAN_SCAN_TTL = 0.02
+# systemd hands these to the daemon only; an executor that saw them could confuse systemd.
+PRIVATE_ENV = ("NOTIFY_SOCKET", "WATCHDOG_PID", "WATCHDOG_USEC", "LISTEN_PID", "LISTEN_FDS",
+               "LISTEN_FDNAMES", "JOURNAL_STREAM")
+
+
+class Engine:
+    def __init__(self, config: FarmConfig, bus: EventBus) -> None:
+        self.config = config
+        self.bus = bus
+        self.supervisor_name = config.name
+        self.log_dir = config.log_dir
+        self.base_env = {k: v for k, v in os.environ.items() if k not in PRIVATE_ENV}
+        self.instances: dict[str, Instance] = {}
+        # Runtime overrides: id sets set by `scale`, instances held stopped by `stop`.
+        self.scaled: dict[str, tuple[int, ...]] = {}
+        self.held: set[str] = set()
+        self.stopping = False
+        self.started_at = time.time()
+        self._by_pid: dict[int, Instance] = {}
+        self._retiring: set[Instance] = set()
+        self._create_times: dict[int, float | None] = {}
+        self._orphans: dict[str, set[int]] = {}
+        self._orphan_exec_ids: dict[int, str | None] = {}
+        self._orphan_scan_at = -1.0
+        self._state_dirty = False
+        self._state_handle: asyncio.TimerHandle | None = None
+        self._log_handle: asyncio.TimerHandle | None = None
+        self._reconcile_lock = asyncio.Lock()
+        self._state_listeners: list[Any] = []
+
+    # ------------------------------------------------------------------ Host protocol
+
+    def publish(self, event: Event) -> None:
+        self.bus.publish(event)
+
+    def track(self, instance: Instance, pid: int) -> None:
+        self._by_pid[pid] = instance
+
+    def orphans_of(self, exec_id: str) -> set[int]:
+        """Our children that are not main processes but carry exec_id (re-parented leftovers)."""
+        now = time.monotonic()
+        if now - self._orphan_scan_at > ORPHAN_SCAN_TTL:
+            self._orphan_scan_at = now
+            by_exec: dict[str, set[int]] = {}
+            for pid in osproc.children_of_self() - self._by_pid.keys():
+                if pid not in self._orphan_exec_ids:
+                    self._orphan_exec_ids[pid] = osproc.environ_value(pid, "ET_EXEC_ID")
+                owner = self._orphan_exec_ids[pid]
+                if owner:
+                    by_exec.setdefault(owner, set()).add(pid)
+            self._orphans = by_exec
+        return set(self._orphans.get(exec_id, ()))
+
+    def state_changed(self, instance: Instance) -> None:
+        self._state_dirty = True
+        if self._state_handle is None:
+            self._state_handle = asyncio.get_running_loop().call_later(STATE_FLUSH_SECONDS, self._flush_state)
+        for listener in self._state_listeners:
+            listener(instance)
+
+    def on_state_change(self, listener: Any) -> None:
+        self._state_listeners.append(listener)
+
+    # ------------------------------------------------------------------ desired state
+
+    def ids_of(self, type_name: str) -> tuple[int, ...]:
+        if type_name in self.scaled:
+            return self.scaled[type_name]
+        return self.config.ids_of(type_name)
+
+    def desired(self) -> dict[str, tuple[InstanceSpec, ExecutorType]]:
+        wanted: dict[str, tuple[InstanceSpec, ExecutorType]] = {}
+        for type_name, executor in self.config.executors.items():
+            for instance_id in self.ids_of(type_name):
+                spec = self.config.instance_spec(type_name, instance_id)
+                wanted[spec.exec_id] = (spec, executor)
+        return wanted
+
+    async def reconcile(self) -> dict[str, int]:
+        """Make the actual instances match the desired ones; returns what was done."""
+        async with self._reconcile_lock:
+            done = {"started": 0, "stopped": 0, "restarted": 0, "unchanged": 0}
+            if self.stopping:
+                return done
+            wanted = self.desired()
+            for exec_id, instance in list(self.instances.items()):
+                if exec_id in wanted or instance in self._retiring:
+                    continue
+                if instance.state in AT_REST and not instance.want_running:
+                    del self.instances[exec_id]
+                else:
+                    done["stopped"] += 1
+                    self._retire(instance)
+            actions = 0
+            for exec_id, (spec, policy) in wanted.items():
+                if self.stopping:
+                    break
+                instance = self.instances.get(exec_id)
+                if instance is None:
+                    instance = self.instances[exec_id] = Instance(spec, policy, self)
+                    if exec_id not in self.held:
+                        instance.start()
+                        done["started"] += 1
+                        actions += 1
+                    continue
+                relaunch = instance.update(spec, policy)
+                if instance in self._retiring and exec_id not in self.held:
+                    self._retiring.discard(instance)  # wanted again while it stopped: bring it back
+                    instance.start()
+                    done["started"] += 1
+                elif exec_id in self.held:
+                    if instance.want_running or instance.state not in AT_REST:
+                        instance.stop()
+                        done["stopped"] += 1
+                elif instance.state is State.STOPPED and not instance.want_running:
+                    instance.start()
+                    done["started"] += 1
+                    actions += 1
+                elif relaunch and instance.state not in AT_REST:
+                    instance.restart()
+                    done["restarted"] += 1
+                    actions += 1
+                else:
+                    done["unchanged"] += 1
+                if actions and actions % SPAWN_BATCH == 0:
+                    await asyncio.sleep(0)
+            return done
+
+    def _retire(self, instance: Instance) -> None:
+        self._retiring.add(instance)
+        instance.stop()
+
+        async def remove_when_stopped() -> None:
+            await instance.wait_at_rest()
+            self._retiring.discard(instance)
+            exec_id = instance.spec.exec_id
+            # A scale-up while it stopped may have wanted it back: then it stays.
+            if self.instances.get(exec_id) is instance and not instance.want_running:
+                del self.instances[exec_id]
+                self.state_changed(instance)
+
+        asyncio.get_running_loop().create_task(remove_when_stopped())
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def attach(self, loop: asyncio.AbstractEventLoop) -> None:
+        loop.add_signal_handler(signal.SIGCHLD, self._on_sigchld)
+        self._log_handle = loop.call_later(LOG_CHECK_SECONDS, self._check_logs)
+
+    def _on_sigchld(self) -> None:
+        for pid, status in osproc.reap():
+            self._orphan_exec_ids.pop(pid, None)
+            self._create_times.pop(pid, None)
+            instance = self._by_pid.pop(pid, None)
+            if instance is not None:
+                instance.on_exit(status)
+
+    async def shutdown(self) -> None:
+        """Stop every instance in parallel, then sweep anything still descending from us."""
+        self.stopping = True
+        instances = list(self.instances.values())
+        for instance in instances:
+            instance.stop()
+        await asyncio.gather(*(instance.wait_at_rest() for instance in instances))
+        await self.sweep(timeout=2.0)
+        if self._log_handle:
+            self._log_handle.cancel()
+        self._flush_state()
+
+    async def sweep(self, timeout: float) -> None:
+        """SIGKILL every remaining descendant and reap until none is left (no orphans, no zombies)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            self._on_sigchld()
+            left = osproc.descendants([os.getpid()])
+            if not left:
+                return
+            for pid in left:
+                osproc.signal_pid(pid, signal.SIGKILL)
+            if time.monotonic() > deadline:
+                log.error("could not reap %d leftover processes: %s", len(left), sorted(left)[:10])
+                return
+            await asyncio.sleep(0.01)
+
+    def kill_all(self) -> None:
+        """Second Ctrl-C: no grace period."""
+        self.stopping = True
+        for instance in self.instances.values():
+            if instance.pid is not None:
+                osproc.signal_group(instance.pid, signal.SIGKILL)
+        for pid in osproc.descendants([os.getpid()]):
+            osproc.signal_pid(pid, signal.SIGKILL)
+
+    # ------------------------------------------------------------------ periodic chores
+
+    def _check_logs(self) -> None:
+        for instance in self.instances.values():
+            if instance.pid is None:
+                continue
+            try:
+                if osproc.file_size(instance.log_path) > instance.policy.log_max_bytes:
+                    osproc.rotate_copytruncate(instance.log_path, instance.policy.log_backups)
+            except OSError as exc:
+                log.warning("%s: cannot rotate %s: %s", instance.spec.exec_id, instance.log_path, exc)
+        self._log_handle = asyncio.get_running_loop().call_later(LOG_CHECK_SECONDS, self._check_logs)
+
+    @property
+    def state_file(self) -> Path:
+        return self.config.state_dir / "instances.json"
+
+    def _flush_state(self) -> None:
+        """Record live pids with their start time, atomically, for adoption after a daemon restart."""
+        self._state_handle = None
+        if not self._state_dirty:
+            return
+        self._state_dirty = False
+        records = {}
+        for exec_id, instance in self.instances.items():
+            if instance.pid is None:
+                continue
+            if instance.pid not in self._create_times:
+                self._create_times[instance.pid] = osproc.process_start_time(instance.pid)
+            records[exec_id] = {
+                "pid": instance.pid,
+                "create_time": self._create_times[instance.pid],
+                "type": instance.spec.type,
+                "id": instance.spec.id,
+            }
+        write_json_atomic(self.state_file, {"supervisor_pid": os.getpid(), "instances": records})
+
+    def stop_previous_leftovers(self) -> int:
+        """Executors a killed daemon left running would run twice next to ours: stop them first."""
+        try:
+            previous = json.loads(self.state_file.read_text())
+        except (OSError, ValueError):
+            return 0
+        found = []
+        for exec_id, record in (previous.get("instances") or {}).items():
+            try:
+                pid, created = int(record["pid"]), record.get("create_time")
+            except (KeyError, TypeError, ValueError):
+                continue
+            if osproc.is_running(pid, created) and osproc.environ_value(pid, "ET_EXEC_ID") == exec_id:
+                found.append(pid)
+        if not found:
+            return 0
+        for pid in found:
+            osproc.signal_group(pid, signal.SIGTERM)
+        deadline = time.monotonic() + max((e.stop_timeout for e in self.config.executors.values()), default=10)
+        while time.monotonic() < deadline and any(osproc.group_alive(pid) for pid in found):
+            time.sleep(0.05)
+        for pid in found:
+            osproc.signal_group(pid, signal.SIGKILL)
+        return len(found)
+
+    # ------------------------------------------------------------------ views
+
+    def counts(self) -> dict[str, int]:
+        running = sum(1 for i in self.instances.values() if i.state is State.RUNNING)
+        desired = sum(1 for i in self.instances.values() if i.want_running)
+        return {"running": running, "desired": desired, "instances": len(self.instances)}
+
+    def select(self, target: str) -> list[Instance]:
+        """Instances named by `all`, a type name or an exec id."""
+        if target in ("all", "*"):
+            return list(self.instances.values())
+        if target in self.instances:
+            return [self.instances[target]]
+        return [i for i in self.instances.values() if i.spec.type == target]
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w") as handle:
+        json.dump(data, handle, separators=(",", ":"))
+    os.replace(tmp, path)
+
+
+def iter_ids(ids: Iterable[int]) -> tuple[int, ...]:
+    return tuple(sorted(set(ids)))

@@ -1,0 +1,375 @@
+"""One executor instance: its process and an explicit state machine.
+
+    stopped/exited/fatal --start--> starting --(alive start_seconds)--> running
+    starting/running --exit--> backoff --(delay)--> starting
+                          \\--> exited (no restart due) | fatal (max_restarts reached)
+    starting/running --stop--> stopping --(group and leftovers gone)--> stopped
+
+Everything runs on the event loop thread; timers are loop handles, so an idle
+instance costs no task and no thread. The engine reaps children and calls
+`on_exit`; it also finds orphans that carry this instance's ET_EXEC_ID.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import random
+import signal
+import subprocess
+import time
+from collections import deque
+from pathlib import Path
+from typing import Any, Callable, Protocol
+
+from . import osproc
+from .config import ExecutorType, InstanceSpec
+from .events import INSTANCE_EVENT_LEVELS, OUTPUT_TAIL_MAX_BYTES, Event
+
+log = logging.getLogger("exec_supervisor")
+
+CRASH_TAIL_LINES = 20
+
+
+class State(str, enum.Enum):
+    STOPPED = "stopped"
+    STARTING = "starting"
+    RUNNING = "running"
+    BACKOFF = "backoff"
+    EXITED = "exited"
+    FATAL = "fatal"
+    STOPPING = "stopping"
+
+
+AT_REST = (State.STOPPED, State.EXITED, State.FATAL)
+
+
+class Host(Protocol):
+    """What an instance needs from its engine (kept narrow so instance never imports engine)."""
+
+    supervisor_name: str
+    log_dir: Path
+    base_env: dict[str, str]
+
+    def publish(self, event: Event) -> None: ...
+    def track(self, instance: "Instance", pid: int) -> None: ...
+    def orphans_of(self, exec_id: str) -> set[int]: ...
+    def state_changed(self, instance: "Instance") -> None: ...
+
+
+def backoff_delay(policy: ExecutorType, failures: int) -> float:
+    """Delay before restart number `failures` (1-based) of a run of failures."""
+    backoff = policy.backoff
+    delay = min(backoff.max, backoff.initial * backoff.factor ** max(0, failures - 1))
+    if backoff.jitter and delay:
+        delay *= 1 + random.uniform(-backoff.jitter, backoff.jitter)
+    return max(0.0, delay)
+
+
+class Instance:
+    def __init__(self, spec: InstanceSpec, policy: ExecutorType, host: Host) -> None:
+        self.spec = spec
+        self.policy = policy
+        self.host = host
+        self.state = State.STOPPED
+        self.want_running = False
+        self.process: subprocess.Popen[bytes] | None = None
+        self.pid: int | None = None
+        self.started_at = 0.0  # monotonic, of the current process
+        self.started_wall = 0.0
+        self.restarts = 0
+        self.failures = 0  # consecutive exits without reaching running; drives the backoff
+        self.restart_times: deque[float] = deque()
+        self.last_exit: dict[str, Any] | None = None
+        self.log_path = host.log_dir / f"{spec.exec_id}.log"
+        self._log_offset = 0
+        self._timer: asyncio.TimerHandle | None = None
+        self._pgid = 0  # the main process's pid: it leads its own session and group
+        self._restart_at = 0.0
+        self._killed = False  # SIGKILL was needed during the current stop
+        self._stop_deadline = 0.0
+        self._cleanup: asyncio.Task[None] | None = None
+        self._rest_waiters: list[asyncio.Future[None]] = []
+
+    # ------------------------------------------------------------------ commands
+
+    def start(self) -> None:
+        """Run it (again). A manual start forgives past failures and skips a pending backoff."""
+        self.want_running = True
+        if self.state in AT_REST:
+            self.failures = 0
+            self.restart_times.clear()
+            self._spawn()
+        elif self.state is State.BACKOFF and self._cleanup is None:
+            self._cancel_timer()
+            self._spawn()
+        # STARTING/RUNNING: already up. STOPPING or cleaning up: the finish step starts it.
+
+    def stop(self) -> None:
+        self.want_running = False
+        if self.state in (State.STARTING, State.RUNNING):
+            self._begin_stop()
+        elif self.state is State.BACKOFF:
+            self._cancel_timer()
+            if self._cleanup is None:
+                self._set_state(State.STOPPED)
+                self._emit("stopped")
+            # else: the running cleanup ends in _after_cleanup, which sees want_running False.
+        elif self.state in (State.EXITED, State.FATAL):
+            self._set_state(State.STOPPED)
+
+    def restart(self) -> None:
+        if self.state in (State.STARTING, State.RUNNING):
+            self.want_running = True
+            self._begin_stop()
+        else:
+            self.start()
+
+    def update(self, spec: InstanceSpec, policy: ExecutorType) -> bool:
+        """Adopt a reloaded spec; returns True when the process must restart to pick it up."""
+        relaunch = spec.launch_key != self.spec.launch_key
+        self.spec = spec
+        self.policy = policy
+        return relaunch
+
+    async def wait_at_rest(self) -> None:
+        if self.state in AT_REST and self._cleanup is None:
+            return
+        future = asyncio.get_running_loop().create_future()
+        self._rest_waiters.append(future)
+        await future
+
+    # ------------------------------------------------------------------ process events
+
+    def on_exit(self, status: int) -> None:
+        """Called by the engine once it has reaped our main process."""
+        exit_code, signal_name = osproc.describe_status(status)
+        if self.process is not None:
+            self.process.returncode = exit_code if exit_code is not None else -1
+        now = time.monotonic()
+        runtime = now - self.started_at
+        pid = self.pid
+        self.pid = None
+        self.process = None
+        self._cancel_timer()
+        self.last_exit = {
+            "exit_code": exit_code,
+            "signal": signal_name,
+            "time": time.time(),
+            "runtime": runtime,
+        }
+        self.host.state_changed(self)
+        if self.state is State.STOPPING:
+            self._start_cleanup(self._stop_deadline, self.policy.stop_signal)
+            return
+
+        expected = signal_name is None and exit_code in self.policy.success_exit_codes
+        restart_due = self.want_running and (
+            self.policy.restart == "always" or (self.policy.restart == "on-failure" and not expected)
+        )
+        output = self._output_tail() if not expected else None
+        if restart_due and self.policy.max_restarts is not None:
+            window_start = now - self.policy.restart_window
+            while self.restart_times and self.restart_times[0] < window_start:
+                self.restart_times.popleft()
+            if len(self.restart_times) >= self.policy.max_restarts:
+                self._set_state(State.FATAL)
+                self._emit(
+                    "fatal", pid=pid, exit_code=exit_code, signal=signal_name, runtime=runtime,
+                    output=output, detail={"window": self.policy.restart_window},
+                )
+                self._start_cleanup(now + self.policy.stop_timeout, self.policy.stop_signal)
+                return
+        restart_in = None
+        if restart_due:
+            self.failures += 1
+            self.restarts += 1
+            self.restart_times.append(now)
+            restart_in = backoff_delay(self.policy, self.failures)
+            self._set_state(State.BACKOFF)
+        else:
+            self._set_state(State.EXITED)
+        self._emit(
+            "exited" if expected else "crashed",
+            pid=pid, exit_code=exit_code, signal=signal_name, runtime=runtime,
+            restart_in=restart_in, output=output,
+        )
+        if restart_due:
+            self._restart_at = now + (restart_in or 0.0)
+        self._start_cleanup(now + self.policy.stop_timeout, self.policy.stop_signal)
+
+    def _on_start_seconds(self) -> None:
+        self._timer = None
+        if self.state is State.STARTING:
+            self.failures = 0
+            self._set_state(State.RUNNING)
+            self._emit("running", pid=self.pid)
+
+    # ------------------------------------------------------------------ internals
+
+    def _spawn(self) -> None:
+        self._set_state(State.STARTING)
+        spec = self.spec
+        env = dict(self.host.base_env)
+        env.update(spec.env)
+        self._log_offset = osproc.file_size(self.log_path)
+        self.started_at = time.monotonic()
+        self.started_wall = time.time()
+        try:
+            process = osproc.spawn(spec.argv, env, spec.cwd, self.log_path)
+        except OSError as exc:
+            self._spawn_failed(exc)
+            return
+        self.process = process
+        self.pid = self._pgid = process.pid
+        self.host.track(self, process.pid)
+        self._emit("spawned", pid=process.pid)
+        if self.policy.start_seconds > 0:
+            self._timer = asyncio.get_running_loop().call_later(
+                self.policy.start_seconds, self._on_start_seconds
+            )
+        else:
+            self._on_start_seconds()
+
+    def _spawn_failed(self, exc: OSError) -> None:
+        # Same policy as a crash: a missing file may come back (a deploy in progress).
+        self.failures += 1
+        self.restarts += 1
+        restart_in = backoff_delay(self.policy, self.failures) if self.policy.restart != "never" else None
+        self.last_exit = {"exit_code": None, "signal": None, "time": time.time(), "runtime": 0.0,
+                          "error": f"{exc.strerror or exc}: {exc.filename or self.spec.argv[0]}"}
+        self._set_state(State.BACKOFF if restart_in is not None else State.EXITED)
+        self._emit("crashed", runtime=0.0, restart_in=restart_in,
+                   output=f"could not start: {self.last_exit['error']}")
+        if restart_in is not None:
+            self._timer = asyncio.get_running_loop().call_later(restart_in, self._restart_now)
+
+    def _restart_now(self) -> None:
+        self._timer = None
+        if self.state is State.BACKOFF and self.want_running:
+            self._spawn()
+
+    def _begin_stop(self) -> None:
+        self._cancel_timer()
+        self._set_state(State.STOPPING)
+        self._stop_deadline = time.monotonic() + self.policy.stop_timeout
+        self._emit("stopping", pid=self.pid, detail={"signal": osproc.signal_name(self.policy.stop_signal)})
+        assert self.pid is not None
+        osproc.signal_group(self.pid, self.policy.stop_signal)
+        # The main process may ignore the signal: escalate at the deadline even if it never exits.
+        self._timer = asyncio.get_running_loop().call_later(self.policy.stop_timeout, self._kill_now)
+
+    def _kill_now(self) -> None:
+        self._timer = None
+        if self.state is State.STOPPING and self.pid is not None:
+            self._killed = True
+            pids = {self.pid} | osproc.descendants([self.pid]) | self.host.orphans_of(self.spec.exec_id)
+            osproc.signal_group(self.pid, signal.SIGKILL)
+            for pid in pids:
+                osproc.signal_pid(pid, signal.SIGKILL)
+
+    def _start_cleanup(self, deadline: float, sig: int) -> None:
+        """Stop what the main process left behind (its group, orphans with our exec id), then move on."""
+        if not osproc.group_alive(self._pgid) and not self.host.orphans_of(self.spec.exec_id):
+            self._after_cleanup(self._killed)  # the common case: nothing left, no task needed
+            return
+        self._cleanup = asyncio.get_running_loop().create_task(self._clean_leftovers(deadline, sig))
+
+    async def _clean_leftovers(self, deadline: float, sig: int) -> None:
+        killed = self._killed
+        try:
+            pgid = self._pgid
+            signalled: set[int] = set()
+            group_signalled = False
+            pause = 0.002
+            while True:
+                group = osproc.group_alive(pgid)
+                orphans = self.host.orphans_of(self.spec.exec_id)
+                if not group and not orphans:
+                    break
+                if time.monotonic() >= deadline:
+                    if sig != signal.SIGKILL:
+                        sig, signalled, group_signalled, killed = signal.SIGKILL, set(), False, True
+                        orphans |= osproc.descendants(orphans)
+                if group and not group_signalled:
+                    osproc.signal_group(pgid, sig)
+                    group_signalled = True
+                for pid in orphans - signalled:
+                    osproc.signal_pid(pid, sig)
+                    signalled.add(pid)
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, 0.1)
+        finally:
+            self._cleanup = None
+        self._after_cleanup(killed)
+
+    def _after_cleanup(self, killed: bool) -> None:
+        self._killed = False
+        if self.state is State.STOPPING:
+            self._set_state(State.STOPPED)
+            self._emit("stopped", detail={"killed": killed})
+            if self.want_running:  # a restart: come back at once
+                self.failures = 0
+                self._spawn()
+        elif self.state is State.BACKOFF:
+            if not self.want_running:
+                self._set_state(State.STOPPED)
+                self._emit("stopped", detail={"killed": killed})
+            else:
+                delay = max(0.0, self._restart_at - time.monotonic())
+                if delay == 0:
+                    self._spawn()
+                else:
+                    self._timer = asyncio.get_running_loop().call_later(delay, self._restart_now)
+        self._wake_rest_waiters()
+
+    def _output_tail(self) -> str:
+        return osproc.read_tail(self.log_path, self._log_offset, CRASH_TAIL_LINES, OUTPUT_TAIL_MAX_BYTES)
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _set_state(self, state: State) -> None:
+        self.state = state
+        self.host.state_changed(self)
+        if state in AT_REST:
+            self._wake_rest_waiters()
+
+    def _wake_rest_waiters(self) -> None:
+        if self.state in AT_REST and self._cleanup is None:
+            waiters, self._rest_waiters = self._rest_waiters, []
+            for future in waiters:
+                if not future.done():
+                    future.set_result(None)
+
+    def _emit(self, kind: str, **fields: Any) -> None:
+        fields.setdefault("pid", self.pid)
+        self.host.publish(
+            Event(
+                event=kind,
+                level=INSTANCE_EVENT_LEVELS[kind],
+                supervisor=self.host.supervisor_name,
+                exec_id=self.spec.exec_id,
+                type=self.spec.type,
+                id=self.spec.id,
+                restarts=self.restarts,
+                **fields,
+            )
+        )
+
+    def snapshot(self) -> dict[str, Any]:
+        up = self.state in (State.STARTING, State.RUNNING, State.STOPPING) and self.pid is not None
+        return {
+            "exec_id": self.spec.exec_id,
+            "type": self.spec.type,
+            "id": self.spec.id,
+            "state": self.state.value,
+            "pid": self.pid,
+            "restarts": self.restarts,
+            "uptime": round(time.monotonic() - self.started_at, 3) if up else None,
+            "started": self.started_wall if up else None,
+            "last_exit": self.last_exit,
+        }

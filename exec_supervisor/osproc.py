@@ -1,0 +1,226 @@
+"""The few OS calls the supervisor makes, kept in one place (Linux only)."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import resource
+import shutil
+import signal
+import subprocess
+from pathlib import Path
+from typing import Iterable, Mapping
+
+PR_SET_CHILD_SUBREAPER = 36
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def set_child_subreaper() -> bool:
+    """Orphaned descendants become our children, so none escapes to PID 1."""
+    return _libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
+
+
+def raise_nofile_limit() -> int:
+    """Soft RLIMIT_NOFILE up to the hard limit: 1000 instances need fds for log files and the loop."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        return hard
+    return soft
+
+
+def spawn(argv: tuple[str, ...], env: Mapping[str, str], cwd: str, log_path: Path) -> subprocess.Popen[bytes]:
+    """Start argv in its own session (so its pgid is its pid) with stdout+stderr appended to log_path.
+
+    The child writes the file itself: the daemon relays no bytes, so output costs it nothing.
+    Popen uses vfork here (no preexec_fn), which keeps spawning fast.
+    """
+    log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o644)
+    try:
+        return subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=log_fd,
+            stderr=log_fd,
+            cwd=cwd,
+            env=env,
+            start_new_session=True,
+            close_fds=True,
+        )
+    finally:
+        os.close(log_fd)
+
+
+def reap() -> list[tuple[int, int]]:
+    """Collect every exited child without blocking: [(pid, wait status)]."""
+    reaped = []
+    while True:
+        try:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            break
+        if pid == 0:
+            break
+        reaped.append((pid, status))
+    return reaped
+
+
+def describe_status(status: int) -> tuple[int | None, str | None]:
+    """(exit code, signal name) from a wait status."""
+    if os.WIFSIGNALED(status):
+        return None, signal_name(os.WTERMSIG(status))
+    return os.waitstatus_to_exitcode(status), None
+
+
+def signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"SIG{number}"
+
+
+def signal_group(pgid: int, sig: int) -> bool:
+    """Signal a process group; False when the group is gone."""
+    try:
+        os.killpg(pgid, sig)
+        return True
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # a member changed uid; nothing more we can do
+        return True
+
+
+def signal_pid(pid: int, sig: int) -> bool:
+    try:
+        os.kill(pid, sig)
+        return True
+    except (ProcessLookupError, PermissionError):
+        return False
+
+
+def group_alive(pgid: int) -> bool:
+    return signal_group(pgid, 0)
+
+
+def children_of_self() -> set[int]:
+    """Our direct children, including orphans re-parented to us as subreaper."""
+    children: set[int] = set()
+    try:
+        tasks = os.listdir("/proc/self/task")
+    except OSError:
+        return children
+    for tid in tasks:
+        try:
+            with open(f"/proc/self/task/{tid}/children") as handle:
+                children.update(int(pid) for pid in handle.read().split())
+        except OSError:
+            continue
+    return children
+
+
+def environ_value(pid: int, name: str) -> str | None:
+    """One variable of a process's initial environment (None if gone or unreadable)."""
+    prefix = name.encode() + b"="
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as handle:
+            data = handle.read()
+    except OSError:
+        return None
+    for item in data.split(b"\0"):
+        if item.startswith(prefix):
+            return item[len(prefix):].decode(errors="replace")
+    return None
+
+
+def descendants(pids: Iterable[int]) -> set[int]:
+    """Every living descendant of the given pids (one scan of /proc)."""
+    parent_of: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as handle:
+                stat = handle.read()
+        except OSError:
+            continue
+        # The command name may hold spaces and parens: fields start after the last ')'.
+        fields = stat[stat.rfind(b")") + 2:].split()
+        parent_of.setdefault(int(fields[1]), []).append(int(entry))
+    found: set[int] = set()
+    stack = list(pids)
+    while stack:
+        for child in parent_of.get(stack.pop(), ()):
+            if child not in found:
+                found.add(child)
+                stack.append(child)
+    return found
+
+
+def process_start_time(pid: int) -> float | None:
+    """psutil's create_time, used with the pid to recognise the same process later."""
+    import psutil
+
+    try:
+        return psutil.Process(pid).create_time()
+    except psutil.Error:
+        return None
+
+
+def is_running(pid: int, start_time: float | None) -> bool:
+    import psutil
+
+    try:
+        process = psutil.Process(pid)
+        return process.status() != psutil.STATUS_ZOMBIE and (
+            start_time is None or abs(process.create_time() - start_time) < 0.05
+        )
+    except psutil.Error:
+        return False
+
+
+def read_tail(path: Path, since_offset: int, max_lines: int, max_bytes: int) -> str:
+    """The last lines written to path after since_offset (a rotation resets the offset)."""
+    try:
+        with open(path, "rb") as handle:
+            size = handle.seek(0, os.SEEK_END)
+            start = since_offset if since_offset <= size else 0
+            start = max(start, size - max_bytes)
+            handle.seek(start)
+            data = handle.read(size - start)
+    except OSError:
+        return ""
+    lines = data.decode(errors="replace").splitlines()
+    if start > 0 and start != since_offset and lines:
+        lines = lines[1:]  # the first line was cut by max_bytes
+    return "\n".join(lines[-max_lines:])
+
+
+def file_size(path: Path) -> int:
+    try:
+        return os.stat(path).st_size
+    except OSError:
+        return 0
+
+
+def rotate_copytruncate(path: Path, backups: int) -> bool:
+    """Rotate path while its writer keeps the file open (O_APPEND): copy it away, then truncate.
+
+    Renaming would leave the child writing into the renamed file; with copy+truncate
+    it carries on writing at offset 0 of the same file.
+    """
+    if backups <= 0:
+        os.truncate(path, 0)
+        return True
+    for index in range(backups - 1, 0, -1):
+        older = path.with_name(f"{path.name}.{index}")
+        if older.exists():
+            os.replace(older, path.with_name(f"{path.name}.{index + 1}"))
+    target = path.with_name(f"{path.name}.1")
+    try:
+        with open(path, "rb") as source, open(target, "wb") as dest:
+            # Reading to EOF also takes bytes written while we copy; then cut (a tiny window remains).
+            shutil.copyfileobj(source, dest, 1 << 20)
+            os.truncate(path, 0)
+    except FileNotFoundError:
+        return False
+    return True
