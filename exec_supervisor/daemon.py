@@ -196,6 +196,10 @@ def run(config_path: str, verbose: bool = False, extensions: list[Callable[[], A
             daemon.extensions = [make() for make in (extensions or [])]
             return await daemon.run()
 
-        return asyncio.run(main())
+        code = asyncio.run(main())
+        # The farm is down; a late Ctrl-C must not turn a clean exit into a traceback.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        return code
     finally:
         lock.release()

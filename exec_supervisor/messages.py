@@ -36,6 +36,24 @@ def _plan(e: "Event", zh: bool) -> str:
     return f"restarting in {_seconds(e.restart_in)} (restart {e.restarts})"
 
 
+_LEVEL_ZH = {"debug": "调试", "info": "信息", "warning": "警告", "error": "错误"}
+
+
+def _by_level(counts: object, zh: bool) -> str:
+    if not isinstance(counts, dict) or not counts:
+        return "?"
+    if zh:
+        return ", ".join(f"{_LEVEL_ZH.get(level, level)} {n}" for level, n in counts.items())
+    return ", ".join(f"{n} {level}" for level, n in counts.items())
+
+
+def _seq_range(d: dict, zh: bool) -> str:
+    first, last = d.get("first_seq"), d.get("last_seq")
+    if first is None or last is None:
+        return ""
+    return f", seq {first}-{last}" if first != last else f", seq {first}"
+
+
 def _with_output(text: str, e: "Event") -> str:
     return f"{text}\n{e.output}" if e.output else text
 
@@ -88,13 +106,18 @@ def _supervisor_en(e: "Event") -> str:
         return f"scaled {d.get('type')} from {d.get('old')} to {d.get('new')} instances"
     if kind == "events_dropped":
         return (
-            f"event spool full: dropped {d.get('dropped', 0)} oldest events "
-            f"({d.get('by_level', {})}); seq gap is intentional"
+            f"event spool full (events.spool_max_bytes): dropped {d.get('dropped', 0)} oldest events "
+            f"({_by_level(d.get('by_level'), False)}){_seq_range(d, False)}; that gap in seq is intentional"
+        )
+    if kind == "events_refused":
+        return (
+            f"the log API refused {d.get('refused', 0)} event(s) (last: {d.get('status')} {d.get('reason', '')}); "
+            f"kept in {d.get('file', 'the dead-letter file')}"
         )
     if kind == "delivery_recovered":
         return (
-            f"log API reachable again: {d.get('delayed', 0)} events were delayed "
-            f"up to {_seconds(d.get('max_delay'))}"
+            f"log API reachable again after {_seconds(d.get('outage'))}: {d.get('delayed', 0)} events "
+            f"were delayed up to {_seconds(d.get('max_delay'))}"
         )
     return str(d.get("text", kind))
 
@@ -138,9 +161,20 @@ def _zh(e: "Event") -> str:
     if kind == "scaled":
         return f"{d.get('type')} 实例数 {d.get('old')} -> {d.get('new')}"
     if kind == "events_dropped":
-        return f"事件缓存已满: 丢弃了 {d.get('dropped', 0)} 条最旧的事件 ({d.get('by_level', {})})"
+        return (
+            f"事件缓存已满 (events.spool_max_bytes): 丢弃了 {d.get('dropped', 0)} 条最旧的事件 "
+            f"({_by_level(d.get('by_level'), True)}){_seq_range(d, True)}; 该 seq 缺口是有意的"
+        )
+    if kind == "events_refused":
+        return (
+            f"日志接口拒收了 {d.get('refused', 0)} 条事件 (最后: {d.get('status')} {d.get('reason', '')}); "
+            f"已保存到 {d.get('file', '死信文件')}"
+        )
     if kind == "delivery_recovered":
-        return f"日志接口已恢复: {d.get('delayed', 0)} 条事件延迟, 最长 {_seconds(d.get('max_delay'))}"
+        return (
+            f"日志接口已恢复 (中断 {_seconds(d.get('outage'))}): {d.get('delayed', 0)} 条事件延迟, "
+            f"最长 {_seconds(d.get('max_delay'))}"
+        )
     return str(d.get("text_zh", d.get("text", kind)))
 
 

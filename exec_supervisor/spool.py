@@ -1,0 +1,543 @@
+"""The on-disk event spool: what has been emitted but not yet delivered.
+
+Layout (``<state_dir>/events/``)::
+
+    lock                              flock()ed by the one process using the spool
+    state.json                        {"next_seq": N, "heads": {"debug": h, ...}}  (atomic rename)
+    debug-0000000000001187.jsonl      segment files: one JSON object per line,
+    info-0000000000001188.jsonl       named after their level and the seq of their
+    error-0000000000001190.jsonl      first line; each line starts with {"seq":N,
+
+Each level has its own stream of append-only segments, and ``seq`` increases
+across all of them, so delivery in seq order is a merge of four sorted
+streams. Keeping levels apart makes the size cap cheap: dropping "the oldest
+debug events" is advancing the debug stream's head, never rewriting a file.
+
+A stream's *head* is the highest seq of that level that is consumed
+(delivered, dead-lettered or dropped). Heads live in memory and are written
+to ``state.json`` by ``sync()`` (about once a second); segment files are
+deleted only after the state that makes them unnecessary is on disk, so a
+crash can repeat a delivery (at least once) but never reuse or skip a seq.
+
+Appending is one ``write()`` (the line is in the file, i.e. in the page cache,
+when ``append`` returns: it survives the process being SIGKILLed); ``sync()``
+fsyncs what was appended since the last call (power-loss exposure = the
+interval between syncs). A torn last line (power loss, full disk) is cut off
+when the spool is opened; a garbled line in the middle is skipped and
+reported, and neither stops startup. New events always go to new segments
+after a restart, so a repaired file is never appended to.
+
+Memory: an index of 20 bytes per pending event (seq, offset, length in
+arrays); the payloads stay on disk and are read back with ``pread``.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import json
+import os
+import re
+import threading
+from array import array
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .events import LEVELS
+
+STATE_FILE = "state.json"
+LOCK_FILE = "lock"
+_SEGMENT_RE = re.compile(r"^(debug|info|warning|error)-(\d{16})\.jsonl$")
+_MIN_SEGMENT = 64 * 1024
+_MAX_SEGMENT = 4 * 1024 * 1024
+
+
+class SpoolError(RuntimeError):
+    """The spool cannot be used (locked by another process, unreadable directory)."""
+
+
+@dataclass(frozen=True)
+class Record:
+    """One pending event: its seq, level and the JSON line (without the newline)."""
+
+    seq: int
+    level: str
+    data: bytes
+
+    def payload(self) -> dict[str, Any]:
+        return json.loads(self.data)
+
+
+class _Segment:
+    __slots__ = ("path", "first_seq", "fd", "size", "seqs", "offsets", "lengths", "pos", "writable")
+
+    def __init__(self, path: Path, first_seq: int, fd: int, writable: bool) -> None:
+        self.path = path
+        self.first_seq = first_seq
+        self.fd = fd
+        self.size = 0  # bytes in the file (offset of the next append)
+        self.seqs = array("q")
+        self.offsets = array("q")
+        self.lengths = array("q")
+        self.pos = 0  # index of the first record not yet consumed
+        self.writable = writable  # the stream's current append target (created by this process)
+
+    @property
+    def consumed(self) -> bool:
+        return self.pos >= len(self.seqs)
+
+
+class _Stream:
+    __slots__ = ("level", "segments", "head", "count", "nbytes")
+
+    def __init__(self, level: str) -> None:
+        self.level = level
+        self.segments: deque[_Segment] = deque()
+        self.head = 0  # highest consumed seq of this level
+        self.count = 0  # pending records
+        self.nbytes = 0  # their bytes, newlines included
+
+    def first_pending(self) -> tuple[_Segment, int]:
+        for seg in self.segments:
+            if seg.pos < len(seg.seqs):
+                return seg, seg.pos
+        raise LookupError(self.level)  # only called when count > 0
+
+
+class Spool:
+    """Durable, size-capped queue of JSON event lines, delivered in seq order.
+
+    Thread-safe: ``append`` (event loop), ``peek``/``ack`` (sender thread) and
+    ``sync`` (flusher thread) may run concurrently; each holds the lock only
+    for in-memory bookkeeping and a single write/pread, never for an fsync.
+    """
+
+    def __init__(self, directory: str | os.PathLike[str], max_bytes: int, segment_bytes: int | None = None) -> None:
+        self.directory = Path(directory)
+        self._lock = threading.Lock()
+        self._sync_lock = threading.Lock()
+        self._max_bytes = max(1, int(max_bytes))
+        self.segment_bytes = segment_bytes or max(_MIN_SEGMENT, min(_MAX_SEGMENT, self._max_bytes // 16))
+        self._streams = {level: _Stream(level) for level in LEVELS}
+        self._order = [self._streams[level] for level in LEVELS]  # drop order: lowest level first
+        self._next_seq = 1
+        self._pending_bytes = 0
+        self._dirty: set[_Segment] = set()
+        self._dir_dirty = False
+        self._written_state: tuple[Any, ...] | None = None
+        self._drops: dict[str, int] = {}
+        self._drop_range: list[int] = []  # [first, last] seq dropped since the last report
+        self.dropped_total = 0
+        self.closed = False
+        # Human-readable notes about what opening the spool had to repair.
+        self.problems: list[str] = []
+
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+            self._lock_fd = os.open(self.directory / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except OSError as exc:
+            raise SpoolError(f"cannot use the event spool {self.directory}: {exc.strerror or exc}") from None
+        try:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            os.close(self._lock_fd)
+            if exc.errno in (errno.EWOULDBLOCK, errno.EACCES):
+                raise SpoolError(
+                    f"the event spool {self.directory} is in use by another exec-supervisor "
+                    "(two daemons must not share a state_dir)"
+                ) from None
+            raise SpoolError(f"cannot lock the event spool {self.directory}: {exc.strerror}") from None
+        try:
+            self._load()
+        except BaseException:
+            self._close_fds()
+            raise
+
+    # ------------------------------------------------------------------ opening
+
+    def _load(self) -> None:
+        state_path = self.directory / STATE_FILE
+        heads = {level: 0 for level in LEVELS}
+        next_seq = 1
+        try:
+            raw = json.loads(state_path.read_bytes())
+            next_seq = int(raw["next_seq"])
+            for level in LEVELS:
+                heads[level] = int(raw.get("heads", {}).get(level, 0))
+        except FileNotFoundError:
+            pass
+        except (OSError, ValueError, TypeError, KeyError, AttributeError) as exc:
+            self.problems.append(
+                f"{state_path} was unreadable ({exc.__class__.__name__}); "
+                "events still in the spool will be sent again (duplicates, no loss)"
+            )
+        for stream in self._order:
+            stream.head = heads[stream.level]
+
+        found: list[tuple[str, int, str]] = []
+        for name in os.listdir(self.directory):
+            match = _SEGMENT_RE.match(name)
+            if match:
+                found.append((match.group(1), int(match.group(2)), name))
+            elif name.endswith(".tmp"):
+                try:
+                    os.unlink(self.directory / name)  # a state write that died before its rename
+                except OSError:
+                    pass
+        max_seq = 0
+        last_seen = {level: 0 for level in LEVELS}
+        for level, first_seq, name in sorted(found, key=lambda f: (f[0], f[1])):
+            last_seen[level] = self._load_segment(self._streams[level], first_seq, self.directory / name, last_seen[level])
+            max_seq = max(max_seq, last_seen[level])
+        self._next_seq = max(next_seq, max_seq + 1, max(heads.values()) + 1, 1)
+        self._written_state = self._state_key()
+        self._pending_bytes = sum(s.nbytes for s in self._order)
+
+    def _load_segment(self, stream: _Stream, first_seq: int, path: Path, last: int) -> int:
+        """Index the pending lines of one segment; returns the highest seq of the stream so far."""
+        fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CLOEXEC)
+        try:
+            data = _read_all(fd)
+        except OSError:
+            os.close(fd)
+            raise
+        seg = _Segment(path, first_seq, fd, writable=False)
+        seg.size = len(data)
+        bad = 0
+        start = 0
+        end = len(data)
+        while start < end:
+            newline = data.find(b"\n", start)
+            if newline < 0:
+                # A torn last line: the write (or the power) was cut mid-line.
+                os.ftruncate(fd, start)
+                os.fsync(fd)
+                seg.size = start
+                self.problems.append(
+                    f"{path.name}: cut off an incomplete last line ({end - start} bytes) "
+                    "left by a crash or power loss"
+                )
+                break
+            seq = _line_seq(data, start, newline)
+            if seq is None or seq <= last:
+                bad += 1
+            else:
+                last = seq
+                if seq > stream.head:
+                    seg.seqs.append(seq)
+                    seg.offsets.append(start)
+                    seg.lengths.append(newline + 1 - start)
+                    stream.count += 1
+                    stream.nbytes += newline + 1 - start
+            start = newline + 1
+        if bad:
+            self.problems.append(f"{path.name}: skipped {bad} unreadable or out-of-order line(s)")
+        if not seg.seqs:
+            os.close(fd)
+            try:
+                os.unlink(path)  # everything in it was consumed before the restart
+            except OSError:
+                pass
+        else:
+            stream.segments.append(seg)
+        return last
+
+    # ------------------------------------------------------------------ writing
+
+    @property
+    def max_bytes(self) -> int:
+        return self._max_bytes
+
+    @max_bytes.setter
+    def max_bytes(self, value: int) -> None:
+        with self._lock:
+            self._max_bytes = max(1, int(value))
+            if self._pending_bytes > self._max_bytes:
+                self._enforce_cap()
+
+    def append(self, level: str, body: bytes) -> int:
+        """Write one event and return its seq.
+
+        body is a UTF-8 JSON object (``{...}``); the spool puts ``"seq":N`` first in it.
+        The line is in the file when this returns (not yet fsynced). Raises OSError
+        (disk full, ...) without consuming a seq.
+        """
+        if not body.startswith(b"{"):
+            raise ValueError("an event body must be a JSON object")
+        rest = body[1:]
+        with self._lock:
+            if self.closed:
+                raise OSError(errno.EBADF, "the event spool is closed")
+            seq = self._next_seq
+            line = b'{"seq":%d%s%s\n' % (seq, b"," if rest.strip() != b"}" else b"", rest)
+            stream = self._streams[level]
+            seg = stream.segments[-1] if stream.segments else None
+            if seg is None or not seg.writable or seg.size >= self.segment_bytes:
+                seg = self._new_segment(stream, seq)
+            _write_all(seg, line)
+            self._next_seq = seq + 1
+            size = len(line)
+            seg.seqs.append(seq)
+            seg.offsets.append(seg.size)
+            seg.lengths.append(size)
+            seg.size += size
+            stream.count += 1
+            stream.nbytes += size
+            self._pending_bytes += size
+            self._dirty.add(seg)
+            if self._pending_bytes > self._max_bytes:
+                self._enforce_cap()
+            return seq
+
+    def _new_segment(self, stream: _Stream, seq: int) -> _Segment:
+        if stream.segments:
+            stream.segments[-1].writable = False
+        path = self.directory / f"{stream.level}-{seq:016d}.jsonl"
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND | os.O_CLOEXEC, 0o600)
+        seg = _Segment(path, seq, fd, writable=True)
+        stream.segments.append(seg)
+        self._dir_dirty = True
+        return seg
+
+    def _enforce_cap(self) -> None:
+        """Drop the oldest events, lowest level first, until the pending bytes fit (lock held)."""
+        excess = self._pending_bytes - self._max_bytes
+        for stream in self._order:
+            while excess > 0 and stream.count:
+                seg, index = stream.first_pending()
+                seq = seg.seqs[index]
+                size = seg.lengths[index]
+                self._consume(stream, seg, seq, size)
+                excess -= size
+                self._drops[stream.level] = self._drops.get(stream.level, 0) + 1
+                self.dropped_total += 1
+                if self._drop_range:
+                    self._drop_range[0] = min(self._drop_range[0], seq)
+                    self._drop_range[1] = max(self._drop_range[1], seq)
+                else:
+                    self._drop_range = [seq, seq]
+            if excess <= 0:
+                break
+
+    def _consume(self, stream: _Stream, seg: _Segment, seq: int, size: int) -> None:
+        seg.pos += 1
+        stream.count -= 1
+        stream.nbytes -= size
+        self._pending_bytes -= size
+        if seq > stream.head:
+            stream.head = seq
+
+    # ------------------------------------------------------------------ reading
+
+    def peek(self) -> Record | None:
+        """The pending event with the lowest seq, or None when nothing is pending."""
+        with self._lock:
+            best: tuple[int, _Stream, _Segment, int] | None = None
+            for stream in self._order:
+                if stream.count:
+                    seg, index = stream.first_pending()
+                    seq = seg.seqs[index]
+                    if best is None or seq < best[0]:
+                        best = (seq, stream, seg, index)
+            if best is None:
+                return None
+            seq, stream, seg, index = best
+            length = seg.lengths[index]
+            data = os.pread(seg.fd, length, seg.offsets[index])
+            if len(data) != length:  # the file shrank under us: only a tampering hand does that
+                raise OSError(errno.EIO, f"short read from {seg.path.name}")
+            return Record(seq, stream.level, data[:-1])
+
+    def ack(self, seq: int, level: str) -> bool:
+        """Mark an event consumed (delivered or dead-lettered). False if it was already gone (dropped)."""
+        with self._lock:
+            stream = self._streams[level]
+            if seq <= stream.head or self.closed:
+                return False
+            acked = False
+            while stream.count:
+                seg, index = stream.first_pending()
+                current = seg.seqs[index]
+                if current > seq:
+                    break
+                self._consume(stream, seg, current, seg.lengths[index])
+                acked = acked or current == seq
+            if seq > stream.head:
+                stream.head = seq
+            return acked
+
+    # ------------------------------------------------------------------ housekeeping
+
+    def _state_key(self) -> tuple[Any, ...]:
+        return (self._next_seq,) + tuple(s.head for s in self._order)
+
+    def sync(self) -> None:
+        """fsync new lines, persist heads and next seq, delete consumed segments.
+
+        Called about once a second by one thread (the flusher) and at stop.
+        """
+        with self._sync_lock:
+            with self._lock:
+                if self.closed:
+                    return
+                dirty = list(self._dirty)
+                self._dirty.clear()
+                dir_dirty = self._dir_dirty
+                self._dir_dirty = False
+                state = self._state_key()
+            try:
+                for seg in dirty:
+                    os.fsync(seg.fd)  # fds are only closed under _sync_lock, so this one is open
+                if state != self._written_state:
+                    self._write_state(state)
+                    dir_dirty = True
+                if dir_dirty:
+                    _fsync_dir(self.directory)
+            except BaseException:
+                with self._lock:  # try again next time
+                    self._dirty.update(s for s in dirty if s.fd >= 0)
+                    self._dir_dirty = self._dir_dirty or dir_dirty
+                raise
+            self._written_state = state
+            heads = dict(zip(LEVELS, state[1:]))
+            with self._lock:
+                for stream in self._order:
+                    while stream.segments:
+                        seg = stream.segments[0]
+                        if seg.writable or not seg.consumed or (seg.seqs and seg.seqs[-1] > heads[stream.level]):
+                            break
+                        stream.segments.popleft()
+                        self._dirty.discard(seg)
+                        os.close(seg.fd)
+                        seg.fd = -1
+                        try:
+                            os.unlink(seg.path)
+                        except FileNotFoundError:
+                            pass
+
+    def _write_state(self, state: tuple[Any, ...]) -> None:
+        data = json.dumps({"next_seq": state[0], "heads": dict(zip(LEVELS, state[1:]))}).encode()
+        tmp = self.directory / (STATE_FILE + ".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        try:
+            os.write(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, self.directory / STATE_FILE)
+
+    def take_drops(self) -> dict[str, Any] | None:
+        """What the cap dropped since the last call (for the one warning event), or None."""
+        with self._lock:
+            if not self._drops:
+                return None
+            report = {
+                "dropped": sum(self._drops.values()),
+                "by_level": {level: self._drops[level] for level in LEVELS if level in self._drops},
+                "first_seq": self._drop_range[0],
+                "last_seq": self._drop_range[1],
+            }
+            self._drops = {}
+            self._drop_range = []
+            return report
+
+    def close(self) -> None:
+        """sync() and release the files and the lock. Idempotent."""
+        if self.closed:
+            return
+        try:
+            self.sync()
+        finally:
+            with self._sync_lock, self._lock:
+                self.closed = True
+                self._close_fds()
+
+    def _close_fds(self) -> None:
+        for stream in self._order:
+            for seg in stream.segments:
+                if seg.fd >= 0:
+                    os.close(seg.fd)
+                    seg.fd = -1
+            stream.segments.clear()
+        if getattr(self, "_lock_fd", -1) >= 0:
+            os.close(self._lock_fd)  # releases the flock
+            self._lock_fd = -1
+
+    # ------------------------------------------------------------------ numbers
+
+    @property
+    def next_seq(self) -> int:
+        return self._next_seq
+
+    @property
+    def pending_count(self) -> int:
+        with self._lock:
+            return sum(s.count for s in self._order)
+
+    @property
+    def pending_bytes(self) -> int:
+        return self._pending_bytes
+
+    def counts_by_level(self) -> dict[str, int]:
+        with self._lock:
+            return {s.level: s.count for s in self._order}
+
+    def pending(self) -> list[Record]:
+        """Every pending record in seq order (reads them all: for tests and inspection)."""
+        with self._lock:
+            items = []
+            for stream in self._order:
+                for seg in stream.segments:
+                    for index in range(seg.pos, len(seg.seqs)):
+                        items.append((seg.seqs[index], stream.level, seg, index))
+            items.sort(key=lambda item: item[0])
+            return [
+                Record(seq, level, os.pread(seg.fd, seg.lengths[i], seg.offsets[i])[:-1])
+                for seq, level, seg, i in items
+            ]
+
+
+def _line_seq(data: bytes, start: int, newline: int) -> int | None:
+    """The seq of a complete, parseable event line, else None."""
+    if not data.startswith(b'{"seq":', start):
+        return None
+    try:
+        obj = json.loads(data[start:newline])
+    except (ValueError, UnicodeDecodeError):
+        return None
+    seq = obj.get("seq") if isinstance(obj, dict) else None
+    return seq if isinstance(seq, int) and not isinstance(seq, bool) and seq > 0 else None
+
+
+def _read_all(fd: int) -> bytes:
+    chunks = []
+    while True:
+        chunk = os.read(fd, 1 << 20)
+        if not chunk:
+            return b"".join(chunks)
+        chunks.append(chunk)
+
+
+def _write_all(seg: _Segment, line: bytes) -> None:
+    view = memoryview(line)
+    written = 0
+    try:
+        while written < len(line):
+            written += os.write(seg.fd, view[written:])
+    except OSError:
+        if written:
+            try:  # never leave half a line for the next append to run into
+                os.ftruncate(seg.fd, seg.size)
+            except OSError:
+                pass
+        raise
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,299 @@
+"""The supervisor core with real daemons and real processes: spawn, restart, backoff, stop."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from conftest import ROOT, Farm, marked_processes, wait_until
+
+
+def cmdline(pid: int) -> list[str]:
+    return psutil.Process(pid).cmdline()
+
+
+def test_spawns_every_instance_with_argv_env_and_log(farm: Farm) -> None:
+    farm.write(
+        {"Alpha": {**farm.program("sleep"), "ids": [0, 2, "5-6"], "env": {"MODEL_DIR": "/data/models"}}},
+        service={"host": "http://127.0.0.1:9"},
+    )
+    farm.start(wait_instances=4)
+    instances = farm.instances()
+    assert sorted(instances) == ["ET-Alpha-0", "ET-Alpha-2", "ET-Alpha-5", "ET-Alpha-6"]
+    for exec_id, pid in instances.items():
+        number = exec_id.rsplit("-", 1)[1]
+        assert cmdline(pid)[-4:] == ["--service-host", "http://127.0.0.1:9/", "--id", number]
+        env = psutil.Process(pid).environ()
+        assert env["ET_EXEC_ID"] == exec_id
+        assert (env["ET_NAME"], env["ET_ID"], env["ET_SERVICE_HOST"]) == ("Alpha", number, "http://127.0.0.1:9/")
+        assert env["MODEL_DIR"] == "/data/models"
+        assert os.getpgid(pid) == pid, "each instance leads its own process group"
+        assert psutil.Process(pid).cwd() == str(farm.dir)
+        assert os.readlink(f"/proc/{pid}/fd/0") == "/dev/null"
+        log_file = farm.log_dir / f"{exec_id}.log"
+        assert os.readlink(f"/proc/{pid}/fd/1") == str(log_file)
+        wait_until(lambda: f"{exec_id}: started" in log_file.read_text(), what=f"{exec_id} output")
+    assert farm.stop() == 0
+    assert not marked_processes(farm.mark)
+
+
+def test_sigkilled_instance_restarts_with_same_exec_id(farm: Farm) -> None:
+    farm.write({"Alpha": {**farm.program("sleep"), "count": 2}})
+    farm.start(wait_instances=2)
+    before = farm.instances()
+    os.kill(before["ET-Alpha-1"], signal.SIGKILL)
+    after = wait_until(
+        lambda: (now := farm.instances()).get("ET-Alpha-1") not in (None, before["ET-Alpha-1"]) and now,
+        what="ET-Alpha-1 replaced",
+    )
+    assert after["ET-Alpha-0"] == before["ET-Alpha-0"], "the other instance is untouched"
+    log = farm.wait_log("ET-Alpha-1: crashed: killed by SIGKILL")
+    assert "restarting in 0.1s (restart 1)" in log
+    assert farm.stop() == 0
+
+
+def _announced_delays(log: str, exec_id: str) -> list[float]:
+    return [float(m) for m in re.findall(rf"{exec_id}: crashed.*?restarting in ([\d.]+)s", log)]
+
+
+def test_backoff_grows_for_a_crash_loop_and_resets_after_a_good_run(farm: Farm, tmp_path: Path) -> None:
+    control = tmp_path / "control"
+    control.write_text("crash")
+    farm.write({"Loop": {**farm.program(f"file:{control}"), "count": 1, "start_seconds": 0.5,
+                         "backoff": {"initial": 0.1, "factor": 2, "max": 0.8, "jitter": 0}}})
+    farm.start()
+    log = farm.wait_log("Loop-0: crashed", count=5, timeout=15)
+    assert _announced_delays(log, "ET-Loop-0")[:5] == [0.1, 0.2, 0.4, 0.8, 0.8]
+    # The real gaps between starts follow the plan (never shorter than announced).
+    output = (farm.log_dir / "ET-Loop-0.log").read_text()
+    starts = [float(t) for t in re.findall(r"started mode=\S+ pid=\d+ t=([\d.]+)", output)][:5]
+    gaps = [b - a for a, b in zip(starts, starts[1:])]
+    assert all(gap >= planned for gap, planned in zip(gaps, [0.1, 0.2, 0.4, 0.8])), gaps
+    control.write_text("run")
+    farm.wait_log("ET-Loop-0: running", timeout=10)
+    control.write_text("crash")
+    os.kill(farm.instances()["ET-Loop-0"], signal.SIGKILL)
+    wait_until(lambda: len(_announced_delays(farm.log().split("ET-Loop-0: running")[1], "ET-Loop-0")) >= 2,
+               what="two crashes after the good run")
+    after_good_run = farm.log().split("ET-Loop-0: running")[1]
+    assert _announced_delays(after_good_run, "ET-Loop-0")[:2] == [0.1, 0.2], "a good run resets the backoff"
+    assert farm.stop() == 0
+
+
+@pytest.mark.parametrize(
+    "policy, mode, restarts",
+    [
+        ("always", "exit:0", True),
+        ("always", "exit:1", True),
+        ("on-failure", "exit:0", False),
+        ("on-failure", "exit:1", True),
+        ("on-failure", "exit:7", False),  # listed in success_exit_codes
+        ("never", "exit:1", False),
+    ],
+)
+def test_restart_policies(farm: Farm, policy: str, mode: str, restarts: bool) -> None:
+    farm.write({"P": {**farm.program(mode), "count": 1, "restart": policy, "success_exit_codes": [0, 7]}})
+    farm.start()
+    expected_event = "crashed" if mode == "exit:1" else "exited"
+    log = farm.wait_log(f"ET-P-0: {expected_event} with exit code {mode[5:]}")
+    if restarts:
+        farm.wait_log(f"ET-P-0: {expected_event}", count=3)
+        assert "restarting in" in farm.log()
+    else:
+        assert "not restarting" in log
+        assert (farm.log_dir / "ET-P-0.log").read_text().count("started mode") == 1
+    assert farm.stop() == 0
+
+
+def test_max_restarts_leads_to_fatal(farm: Farm) -> None:
+    farm.write({"F": {**farm.program("exit:3"), "count": 1, "max_restarts": 3, "restart_window": "1m",
+                      "backoff": {"initial": 0, "jitter": 0}}})
+    farm.start()
+    log = farm.wait_log("ET-F-0: gave up after 3 restarts within 60s")
+    assert log.count("ET-F-0: crashed with exit code 3") == 3
+    assert (farm.log_dir / "ET-F-0.log").read_text().count("started mode=exit:3") == 4
+    assert not farm.instances()
+    assert farm.stop() == 0
+
+
+def test_stop_kills_term_ignoring_instances_and_escaped_grandchildren(farm: Farm) -> None:
+    farm.write({
+        "Stubborn": {**farm.program("ignore-term"), "count": 2, "stop_timeout": 0.5},
+        "Family": {**farm.program("grandchildren"), "count": 2, "stop_timeout": 0.5},
+    })
+    farm.start(wait_instances=4)
+    farm.wait_started(4)
+    wait_until(lambda: len(marked_processes(farm.mark)) >= 4 + 2 * 2, what="grandchildren started")
+    assert farm.stop() == 0
+    assert "stopped (killed after stop timeout)" in farm.log()
+    assert not marked_processes(farm.mark), "no process of the farm may survive its stop"
+
+
+def test_crash_leftovers_are_stopped_before_the_restart(farm: Farm) -> None:
+    farm.write({"Leaky": {**farm.program("crash-leaving"), "count": 1, "stop_timeout": 0.3,
+                          "backoff": {"initial": 0.5, "jitter": 0}}})
+    farm.start()
+    farm.wait_log("ET-Leaky-0: crashed", count=3, timeout=20)
+    # Each crash leaves a child and a setsid grandchild: at most one generation may be alive.
+    alive = marked_processes(farm.mark)
+    assert len(alive) <= 3, [p.cmdline() for p in alive]
+    assert farm.stop() == 0
+
+
+def test_log_rotation_keeps_the_instance_running(farm: Farm) -> None:
+    farm.write({"Chatty": {**farm.program("chatty:200"), "count": 1, "log_max_bytes": "64KiB", "log_backups": 2}})
+    farm.start(wait_instances=1)
+    pid = farm.instances()["ET-Chatty-0"]
+    log_file = farm.log_dir / "ET-Chatty-0.log"
+    wait_until(lambda: log_file.with_name(log_file.name + ".2").exists(), timeout=30, what="two rotations")
+    assert farm.instances()["ET-Chatty-0"] == pid, "rotation must not restart the instance"
+    assert not log_file.with_name(log_file.name + ".3").exists()
+    # The writer keeps writing into the live file after the cut.
+    size = log_file.stat().st_size
+    wait_until(lambda: log_file.stat().st_size != size, what="writes after rotation")
+    assert farm.stop() == 0
+
+
+def _threads(pid: int) -> int:
+    return psutil.Process(pid).num_threads()
+
+
+@pytest.mark.parametrize("count", [3, 300])
+def test_daemon_threads_do_not_grow_with_instances(farm: Farm, count: int) -> None:
+    sleep = shutil.which("sleep")
+    farm.write({"S": {"command": [sleep, "10000"], "args": [], "count": count}})
+    daemon = farm.start(wait_instances=count)
+    farm.wait_log("S-0: running")
+    assert _threads(daemon.pid) <= 2, "main thread (+ at most one event sender)"
+    assert farm.stop() == 0
+
+
+def test_sigterm_while_starting_stops_everything(farm: Farm) -> None:
+    sleep = shutil.which("sleep")
+    farm.write({"S": {"command": [sleep, "10000"], "args": [], "count": 400}})
+    farm.start()
+    wait_until(lambda: farm.instances(), what="first instance")
+    assert farm.stop() == 0
+    assert not marked_processes(farm.mark)
+
+
+def test_second_sigint_kills_at_once(farm: Farm) -> None:
+    farm.write({"Stubborn": {**farm.program("ignore-term"), "count": 2, "stop_timeout": 60}})
+    farm.start(wait_instances=2)
+    farm.wait_started(2)
+    farm.daemon.send_signal(signal.SIGINT)
+    farm.wait_log("stopping the farm")
+    farm.daemon.send_signal(signal.SIGINT)
+    assert farm.daemon.wait(10) == 0
+    assert not marked_processes(farm.mark)
+
+
+def test_sighup_is_logged_and_farm_keeps_running(farm: Farm) -> None:
+    farm.write({"S": {**farm.program("sleep"), "count": 1}})
+    farm.start(wait_instances=1)
+    pid = farm.instances()["ET-S-0"]
+    farm.daemon.send_signal(signal.SIGHUP)
+    farm.wait_log("reloaded config")
+    assert farm.daemon.poll() is None
+    assert farm.instances() == {"ET-S-0": pid}
+    assert farm.stop() == 0
+
+
+def test_second_daemon_on_same_state_dir_is_refused(farm: Farm) -> None:
+    farm.write({"S": {**farm.program("sleep"), "count": 1}})
+    farm.start(wait_instances=1)
+    second = subprocess.run(
+        [sys.executable, "-m", "exec_supervisor.cli", "start", str(farm.config_path)],
+        capture_output=True, text=True, timeout=30,
+    )
+    assert second.returncode == 1
+    assert f"another exec-supervisor (pid {farm.daemon.pid}) is already running" in second.stderr
+    assert "Traceback" not in second.stderr
+    assert farm.stop() == 0
+
+
+def test_instances_left_by_a_killed_daemon_are_replaced_not_duplicated(farm: Farm) -> None:
+    farm.write({"S": {**farm.program("sleep"), "count": 2}})
+    farm.start(wait_instances=2)
+    old = farm.instances()
+    wait_until(lambda: (farm.state_dir / "instances.json").exists() and all(
+        str(pid) in (farm.state_dir / "instances.json").read_text() for pid in old.values()), what="state file")
+    farm.daemon.kill()
+    farm.daemon.wait()
+    farm.stderr.close()
+    farm.start(wait_instances=2)
+    wait_until(lambda: not any(psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+                               for pid in old.values()), what="old instances gone")
+    assert len(marked_processes(farm.mark)) == 2
+    assert farm.stop() == 0
+
+
+def test_state_file_records_pid_and_start_time(farm: Farm) -> None:
+    import json
+
+    farm.write({"S": {**farm.program("sleep"), "count": 2}})
+    farm.start(wait_instances=2)
+    state = farm.state_dir / "instances.json"
+    pids = farm.instances()
+    data = wait_until(lambda: state.exists() and (d := json.loads(state.read_text()))["instances"].keys() == pids.keys() and d)
+    for exec_id, pid in pids.items():
+        record = data["instances"][exec_id]
+        assert record["pid"] == pid
+        assert abs(record["create_time"] - psutil.Process(pid).create_time()) < 0.05
+    assert farm.stop() == 0
+
+
+def test_example_farm_starts_and_stops_cleanly(tmp_path: Path) -> None:
+    shutil.copytree(ROOT / "configs", tmp_path / "configs", ignore=shutil.ignore_patterns("logs", ".exec-supervisor"))
+    shutil.copytree(ROOT / "executors", tmp_path / "executors")
+    stderr = open(tmp_path / "stderr", "wb")
+    daemon = subprocess.Popen([sys.executable, "-m", "exec_supervisor.cli", "start", "configs/farm.yaml"],
+                              cwd=tmp_path, stdout=stderr, stderr=stderr)
+    try:
+        def children() -> list[psutil.Process]:
+            return [c for c in psutil.Process(daemon.pid).children()
+                    if c.environ().get("ET_EXEC_ID", "").startswith("ET-HelloWorld-")]
+        found = wait_until(lambda: len(children()) == 4 and children(), timeout=30, what="4 HelloWorld")
+        assert sorted(c.environ()["ET_EXEC_ID"] for c in found) == [f"ET-HelloWorld-{i}" for i in range(4)]
+        daemon.send_signal(signal.SIGINT)
+        assert daemon.wait(30) == 0
+        assert not [c for c in found if c.is_running() and c.status() != psutil.STATUS_ZOMBIE]
+        assert (tmp_path / "configs" / "logs" / "ET-HelloWorld-0.log").exists()
+    finally:
+        if daemon.poll() is None:
+            daemon.kill()
+            daemon.wait()
+        stderr.close()
+
+
+@pytest.mark.parametrize("command", ["check", "start"])
+def test_bad_config_is_one_line_exit_2(tmp_path: Path, command: str) -> None:
+    config = tmp_path / "farm.yaml"
+    config.write_text("executors:\n  Hello-World:\n    command: [sh]\n    count: 1\n  Ok:\n    command: [sh]\n    ids: 0-3\n    restrat: always\n")
+    result = subprocess.run([sys.executable, "-m", "exec_supervisor.cli", command, str(config)],
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert lines == [
+        f"{config}:2: executors.Hello-World: type name 'Hello-World' must match [A-Za-z][A-Za-z0-9_]* "
+        "(a '-' would make ET-<Name>-<id> ambiguous)",
+        f"{config}:8: executors.Ok.restrat: unknown key; did you mean 'restart'?",
+    ]
+    assert not (tmp_path / ".exec-supervisor").exists(), "nothing half-done"
+
+
+def test_check_prints_planned_instances(tmp_path: Path) -> None:
+    result = subprocess.run([sys.executable, "-m", "exec_supervisor.cli", "check", str(ROOT / "configs" / "farm.yaml")],
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0, result.stderr
+    assert "ET-HelloWorld-3" in result.stdout
+    assert "--service-host http://127.0.0.1:8083/ --id 3" in result.stdout
