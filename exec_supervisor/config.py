@@ -25,6 +25,7 @@ import difflib
 import math
 import os
 import re
+import reprlib
 import shlex
 import shutil
 import signal
@@ -55,7 +56,8 @@ except ImportError:  # pragma: no cover
     from yaml import SafeLoader as _BaseLoader  # type: ignore[assignment]
 
 NAME_RE = re.compile(r"[A-Za-z][A-Za-z0-9_]*")  # use with fullmatch
-ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+# What service.auth's *_env keys accept: capitals, which also catches most pasted tokens.
+AUTH_ENV_NAME_RE = re.compile(r"[A-Z_][A-Z0-9_]{0,63}")
 PLACEHOLDERS = ("id", "name", "exec_id", "service_host")
 DEFAULT_ARGS = ("--service-host", "{service_host}", "--id", "{id}")
 # Set by the supervisor for every instance; a config may not set them.
@@ -90,13 +92,26 @@ class ConfigError(Exception):
         super().__init__("\n".join(map(str, problems)))
 
 
+_REPR = reprlib.Repr()
+_REPR.maxlevel, _REPR.maxlist, _REPR.maxdict, _REPR.maxstring, _REPR.maxother = 2, 4, 4, 200, 60
+
+
 def _show(value: Any, limit: int = 60) -> str:
-    """A value for a message: repr, shortened (never used for secrets)."""
+    """A value for a message: repr, shortened (never used for secrets).
+
+    reprlib, because a YAML alias can make a list that is huge when written out.
+    """
     try:
-        text = repr(value)
+        text = _REPR.repr(value)
     except Exception:  # pragma: no cover - a YAML value always has a repr
         text = f"<{type(value).__name__}>"
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _show_path(path: str) -> str:
+    """A path for a message: its end matters most, so a long one loses its start."""
+    text = repr(path)
+    return text if len(text) <= 160 else "'..." + text[-157:]
 
 
 def _kind(value: Any) -> str:
@@ -400,7 +415,7 @@ def _env_name_only(value: Any) -> Any:
         return value
     if (
         not isinstance(value, str)
-        or not re.fullmatch(r"[A-Z_][A-Z0-9_]{0,63}", value)
+        or not AUTH_ENV_NAME_RE.fullmatch(value)
         or (len(value) >= 16 and "_" not in value and re.search(r"\d", value))
     ):
         raise ValueError(
@@ -700,17 +715,6 @@ class _LineIndex:
             current = current[part]
         return line
 
-    def value(self, path: tuple[Any, ...]) -> Any:
-        current = self.root
-        for part in path:
-            if isinstance(current, dict) and _has(current, part):
-                current = current[part]
-            elif isinstance(current, list) and isinstance(part, int) and 0 <= part < len(current):
-                current = current[part]
-            else:
-                return None
-        return current
-
 
 def _has(mapping: dict[Any, Any], key: Any) -> bool:
     try:
@@ -739,7 +743,11 @@ def _read_yaml(path: Path, display: str) -> tuple[Any, _LineIndex]:
         raise fail(f"cannot read it: {exc}") from None
     loader = _MarkedLoader(text)
     try:
-        data = loader.get_single_data()
+        node = loader.get_single_node()
+        data = loader.construct_document(node) if node is not None else None
+        if node is not None and id(data) not in loader.starts:
+            loader.keep.append(data)
+            loader.starts[id(data)] = node.start_mark.line + 1  # a scalar: where it is
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         what = exc.problem or exc.context or "unreadable"
@@ -822,10 +830,6 @@ class _Collector:
                 self.add(full, "unknown key" + _did_you_mean(str(path[-1]), known))
             elif kind == "missing":
                 self.add(full, "missing (required)")
-            elif kind == "ids_and_count":
-                # Point at whichever of the two keys comes last.
-                lines = {k: self.index.line(prefix + (k,)) or 0 for k in ("ids", "count")}
-                self.add(prefix + (max(lines, key=lambda k: lines[k]),), item["msg"])
             elif kind == "value_error":
                 exc = (item.get("ctx") or {}).get("error")
                 index = getattr(exc, "index", None)
@@ -885,13 +889,14 @@ def _type_message(item: Mapping[str, Any], value: Any, secret: bool) -> str:
     kind = item["type"]
     ctx = item.get("ctx") or {}
     got = f", got {_kind(value)}" if not secret else ""
-    shown = "" if secret else f", not {_show(value)}"
+    scalar = isinstance(value, (str, int, float, bool))
+    shown = "" if secret else f", not {_show(value)}" if scalar else got
     if kind == "string_type":
         return f"expected text{got}"
     if kind in ("int_type", "int_parsing", "int_from_float"):
-        return f"expected a whole number{shown if value is not None else got}"
+        return f"expected a whole number{shown}"
     if kind in ("float_type", "float_parsing"):
-        return f"expected a number{shown if value is not None else got}"
+        return f"expected a number{shown}"
     if kind == "finite_number":
         return "must be a finite number"
     if kind in ("bool_type", "bool_parsing"):
@@ -939,13 +944,13 @@ def _dir_problem(path: str) -> str | None:
     try:
         info = os.stat(path)
     except FileNotFoundError:
-        return f"{_show(path)} does not exist"
+        return f"{_show_path(path)} does not exist"
     except OSError as exc:
-        return f"cannot use {_show(path)}: {exc.strerror or exc}"
+        return f"cannot use {_show_path(path)}: {exc.strerror or exc}"
     if not stat.S_ISDIR(info.st_mode):
-        return f"{_show(path)} is not a directory"
+        return f"{_show_path(path)} is not a directory"
     if not os.access(path, os.X_OK):
-        return f"{_show(path)} cannot be entered (permission denied)"
+        return f"{_show_path(path)} cannot be entered (permission denied)"
     return None
 
 
@@ -956,9 +961,9 @@ def _not_a_dir_problem(path: str) -> str | None:
     except FileNotFoundError:
         return None
     except OSError as exc:
-        return f"cannot use {_show(path)}: {exc.strerror or exc}"
+        return f"cannot use {_show_path(path)}: {exc.strerror or exc}"
     if not stat.S_ISDIR(info.st_mode):
-        return f"{_show(path)} exists and is not a directory"
+        return f"{_show_path(path)} exists and is not a directory"
     return None
 
 
@@ -966,13 +971,13 @@ def _program_problem(program: str) -> str | None:
     try:
         info = os.stat(program)
     except FileNotFoundError:
-        return f"{_show(program)} does not exist"
+        return f"{_show_path(program)} does not exist"
     except OSError as exc:
-        return f"cannot use {_show(program)}: {exc.strerror or exc}"
+        return f"cannot use {_show_path(program)}: {exc.strerror or exc}"
     if stat.S_ISDIR(info.st_mode):
-        return f"{_show(program)} is a directory, not a program"
+        return f"{_show_path(program)} is a directory, not a program"
     if not os.access(program, os.X_OK):
-        return f"{_show(program)} is not executable (chmod +x?)"
+        return f"{_show_path(program)} is not executable (chmod +x?)"
     return None
 
 
@@ -1058,7 +1063,7 @@ def _check_script(
     except (OSError, ValueError):
         is_file = False
     if not is_file:
-        collector.add(where, f"script {_show(path)} does not exist (relative to the type's cwd)")
+        collector.add(where, f"script {_show_path(path)} does not exist (relative to the type's cwd)")
 
 
 def _merge(defaults: Mapping[str, Any], own: Mapping[str, Any]) -> dict[str, Any]:
@@ -1125,6 +1130,7 @@ def _check_type(
         later = max(("ids", "count"), key=lambda k: collector.index.line(path + (k,)) or 0)
         collector.add(path + (later,), "give either ids or count, not both")
     merged = _merge(defaults, own)
+    command_ok = "command" in own
     try:
         executor = ExecutorType.model_validate(merged)
     except ValidationError as exc:
@@ -1133,10 +1139,12 @@ def _check_type(
                                        skip=("ids_or_count", "ids_and_count", "missing"))
         # Check what is left (command, cwd, args) too, so every problem shows in one go.
         partial = {k: v for k, v in merged.items() if k not in bad and k not in ("ids", "count")}
+        partial.setdefault("command", ["-"])  # a stand-in, not checked below
         try:
             executor = ExecutorType.model_validate({**partial, "count": 0})
-        except ValidationError:
+        except ValidationError:  # pragma: no cover - every bad key was taken out
             return None
+        command_ok = "command" in own and "command" not in bad
 
     def where(key: str) -> tuple[Any, ...]:
         # A problem with an inherited value belongs to defaults (and is reported once).
@@ -1149,6 +1157,8 @@ def _check_type(
         usable = False
     if where("args")[0] != "defaults":  # inherited args are checked once, at defaults.args
         _check_argv(collector, path + ("args",), own.get("args"), executor.args, PLACEHOLDERS)
+    if not command_ok:
+        return None
     command_is_list = isinstance(own.get("command"), list)
     _check_argv(collector, path + ("command",), own.get("command"), executor.command[1:],
                 PLACEHOLDERS + ("python",), offset=1)
@@ -1213,7 +1223,8 @@ def load(path: str | os.PathLike[str], environ: Mapping[str, str] | None = None)
         raise
     except Exception as exc:  # a bug here must still not become a traceback for the operator
         raise ConfigError(
-            [Problem(display, None, "", f"internal error while checking this config ({type(exc).__name__}); please report it")]
+            [Problem(display, None, "",
+                     f"internal error while checking this config ({type(exc).__name__}); please report it")]
         ) from exc
 
 
@@ -1243,14 +1254,18 @@ def _load(path: Any, display: str, environ: Mapping[str, str]) -> FarmConfig:
     raw_executors = data.get("executors")
     if "executors" not in data:
         collector.add(("executors",), "missing; list the executor types to run (see configs/farm.yaml)")
-    elif not raw_executors:
+    elif raw_executors is None or raw_executors == {}:
         collector.add(("executors",), "no executor types; add at least one (see configs/farm.yaml)")
     elif not isinstance(raw_executors, dict):
-        collector.add(("executors",), f"expected a map of executor types (like HelloWorld: ...), got {_kind(raw_executors)}")
+        collector.add(("executors",),
+                      f"expected a map of executor types (like HelloWorld: ...), got {_kind(raw_executors)}")
     else:
         if "args" in defaults:
-            _check_argv(collector, ("defaults", "args"), defaults["args"], _split_command(defaults["args"]),
-                        PLACEHOLDERS)
+            try:
+                default_args = ExecutorSettings.model_validate({"args": defaults["args"]}).args
+            except ValidationError:  # pragma: no cover - bad args were taken out of defaults
+                default_args = []
+            _check_argv(collector, ("defaults", "args"), defaults["args"], default_args, PLACEHOLDERS)
         for type_name, own in raw_executors.items():
             checked = _check_type(collector, type_name, own, defaults, base_dir, environ)
             if checked is not None:
@@ -1258,15 +1273,10 @@ def _load(path: Any, display: str, environ: Mapping[str, str]) -> FarmConfig:
 
     service = sections["service"]
     if isinstance(service, ServiceConfig) and service.auth.token_file:
+        # Made absolute, not checked: the file may be provisioned after the farm starts
+        # (the forwarder reads it when it needs it and reports a missing one, without
+        # its content), and a missing log API token must not keep executors from running.
         token_file = _absolute(base_dir, service.auth.token_file)
-        # Neither the path nor the content is shown: either may be a pasted secret.
-        try:
-            readable = os.path.isfile(token_file) and os.access(token_file, os.R_OK)
-        except (OSError, ValueError):
-            readable = False
-        if not readable:
-            collector.add(("service", "auth", "token_file"),
-                          "no readable file there (relative paths resolve against the config file's folder)")
         service = service.model_copy(update={"auth": service.auth.model_copy(update={"token_file": token_file})})
 
     supervisor = sections["supervisor"]
