@@ -240,8 +240,10 @@ class DevService:
     exempt, the token route refuses like the real service does for exempt
     addresses (401 白名单禁止访问核心模块): test token auth with exempt=False.
 
-    The failure-mode attributes (`delay`, `fail_status`, `fail_count`,
-    `require_auth`) may be changed at any time from any thread.
+    Failure modes, changeable at any time from any thread: `delay` (seconds
+    before each answer), `fail_status` (answer every log POST with it),
+    `fail_count` (answer the next N log POSTs with `fail_status` or 500, then
+    recover: fail_status is cleared with the last one), `require_auth`.
     """
 
     def __init__(
@@ -394,8 +396,13 @@ class DevService:
     def _take_failure(self) -> int | None:
         with self._cond:
             if self.fail_count > 0:
+                # A counted failure burst: answer with fail_status (default 500),
+                # then recover completely (fail_status is cleared with the last one).
                 self.fail_count -= 1
-                return self.fail_status or 500
+                status = self.fail_status or 500
+                if self.fail_count == 0:
+                    self.fail_status = None
+                return status
             return self.fail_status
 
     def _check_auth(self, authorization: str | None, cookie: str | None) -> str | None:

@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import atexit
 import collections
+import math
 import os
 import random
 import select
@@ -126,6 +127,16 @@ def public_ip(url: str = "http://ifconfig.me/ip", timeout: float = 1.0,
     return result[0] if result else (fallback if fallback is not None else local_address())
 
 
+def _wait_readable(sock: socket.socket, timeout: float | None) -> None:
+    """Block until sock is readable or timeout passes (restarted after signals, PEP 475)."""
+    if hasattr(select, "poll"):  # no FD_SETSIZE limit, unlike select()
+        poller = select.poll()
+        poller.register(sock, select.POLLIN)
+        poller.poll(None if timeout is None else math.ceil(timeout * 1000))
+    else:  # Windows: select() works on sockets
+        select.select([sock], [], [], timeout)
+
+
 def _redact(text: str, secret: str | None) -> str:
     return text.replace(secret, "***") if secret else text
 
@@ -217,6 +228,7 @@ class Executor:
         self._dropped_unreported = 0
         self._outage_reported = False
         self._auth_reported = False
+        self._failing_at_close = False
         self._closed = False
 
         self._local = threading.local()  # one requests.Session per thread (Session is not thread-safe)
@@ -268,7 +280,7 @@ class Executor:
             if remaining is not None and remaining <= 0:
                 break
             try:
-                select.select([self._wake_r], [], [], remaining)
+                _wait_readable(self._wake_r, remaining)
             except (OSError, ValueError):  # closed at exit: nothing to wait for
                 break
         return self._stopped
@@ -293,9 +305,10 @@ class Executor:
     def auth_hint(self, status_text: str = "") -> str:
         """What to tell an operator when the service answers 401."""
         ip = local_address(self.service_host)
-        host = urlsplit(self.service_host).hostname or ""
-        local = ip.startswith("127.") or host in ("127.0.0.1", "localhost", "::1")
-        where = f"this host's IP ({ip}{'; 127.0.0.1 when the service runs on this machine' if local else ''})"
+        # The address the service sees: 127.0.0.1 when it runs on this machine,
+        # else this host's address on the way to it (unless NAT rewrites it).
+        where = f"this host's IP ({ip})" if ip.startswith("127.") else \
+            f"this host's IP ({ip}, or the public address the service sees if there is NAT in between)"
         if self.token:
             what = (f"the service rejected the token in ${ENV_TOKEN} (expired or invalid): "
                     f"set a fresh token, or add {where}")
@@ -392,6 +405,7 @@ class Executor:
             # The service accepts anything (50 MB was tried): the sender has to cap it.
             cut = len(text) - self.max_message_chars
             text = text[: self.max_message_chars] + f"\n... [{cut} characters cut]"
+        first_drop = False
         with self._cond:
             if self._closed:
                 return
@@ -399,14 +413,15 @@ class Executor:
                 self._queue.popleft()
                 self.dropped += 1
                 self._dropped_unreported += 1
-                if self._dropped_unreported == 1:
-                    print(f"{self.exec_id}: log queue full ({self.queue_size}); dropping the oldest "
-                          "messages until the service takes them again", file=sys.stderr, flush=True)
+                first_drop = self._dropped_unreported == 1
             self._queue.append(_Item(level, text))
             self._cond.notify_all()  # the sender, and any flush() waiter
             if self._sender is None:
                 self._sender = threading.Thread(target=self._send_loop, name="et-log-sender", daemon=True)
                 self._sender.start()
+        if first_drop:  # once per outage, outside the lock (stderr may be a slow pipe)
+            print(f"{self.exec_id}: log queue full ({self.queue_size}); dropping the oldest "
+                  "messages until the service takes them again", file=sys.stderr, flush=True)
 
     @property
     def pending(self) -> int:
@@ -462,6 +477,13 @@ class Executor:
                     print(f"{self.exec_id}: the service refused a log message: {error}", file=sys.stderr, flush=True)
                     delivered = True
                 else:
+                    if self._flush_deadline is not None and self._failing_at_close:
+                        # Exiting while the service was already unreachable or refusing
+                        # us: one last try is enough, do not hold up the exit for seconds.
+                        with self._cond:
+                            self._queue.appendleft(item)
+                            self._in_flight = 0
+                        return
                     if status == 401:
                         if not self._auth_reported:
                             self._auth_reported = True
@@ -484,8 +506,8 @@ class Executor:
             return None, "timed out"
         except requests.exceptions.ConnectionError:
             return None, f"cannot connect to {self.service_host}"
-        except requests.exceptions.RequestException as err:
-            return None, _redact(str(err), self.token)
+        except Exception as err:  # whatever it is, the sender thread must survive it and retry
+            return None, _redact(f"{type(err).__name__}: {err}", self.token)
 
     def _on_delivered(self) -> None:
         self.delivered += 1
@@ -517,6 +539,7 @@ class Executor:
                 return
             self._closed = True
             self._closing = True
+            self._failing_at_close = self._outage_reported or self._auth_reported
             self._flush_deadline = time.monotonic() + (self.flush_timeout if timeout is None else timeout)
             sender = self._sender
             self._cond.notify_all()

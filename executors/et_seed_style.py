@@ -75,6 +75,7 @@ def service_request(method: str, path: str = 'api/', data=None, host: str = args
         attempt += 1
         err_str = ''
         res = None
+        final = False
         try:
             if method == 'POST':
                 res = requests.post(url=url, json=data, headers=headers, **kw)
@@ -90,9 +91,8 @@ def service_request(method: str, path: str = 'api/', data=None, host: str = args
                 err_str = f'服务响应异常: {res.status_code} {res.reason} {res.text}'
                 if res.status_code == 401:
                     err_str += ' (请将本机IP添加到服务的令牌豁免 IP 网络列表或令牌豁免 IP 主机列表, 本地调试时可能是127.0.0.1; 或设置 ET_SERVICE_TOKEN)'
-                    return res, err_str  # FIX: retrying cannot help until someone changes the settings
-                if res.status_code < 500 and res.status_code != 429:
-                    return res, err_str  # FIX: a refused request (422...) will be refused again
+                # FIX: a refusal (401, 422...) is not retried: it would be refused again
+                final = res.status_code < 500 and res.status_code != 429
         except requests.exceptions.Timeout:  # FIX: also read timeouts (ConnectTimeout is a subclass)
             err_str = '服务请求异常: 连接超时或读取超时'
         except requests.exceptions.ConnectionError:
@@ -100,7 +100,7 @@ def service_request(method: str, path: str = 'api/', data=None, host: str = args
         except Exception as err:
             err_str = f'服务请求异常: {err}'
         print(err_str, flush=True)
-        if not is_repeat or attempt >= ATTEMPTS:
+        if final or not is_repeat or attempt >= ATTEMPTS:
             return res, err_str
         time.sleep(2 ** (attempt - 1) * random.uniform(0.5, 1.0))  # FIX: ~1 s, ~2 s instead of 60 s
 

@@ -229,11 +229,11 @@ def test_fail_status_and_fail_count(svc: DevService) -> None:
     assert codes == [500, 500, 200]
     assert svc.fail_count == 0
 
-    svc.fail_status, svc.fail_count = 429, 1
-    assert post_log(svc, {"level": "info", "message": "m"}).status_code == 429
-    assert post_log(svc, {"level": "info", "message": "m"}).status_code == 429  # fail_status still set
-    svc.fail_status = None
-    assert svc.messages() == ["ok", "2"]
+    svc.fail_status, svc.fail_count = 429, 2  # two 429s, then recovered for good
+    codes = [post_log(svc, {"level": "info", "message": f"r{i}"}).status_code for i in range(4)]
+    assert codes == [429, 429, 200, 200]
+    assert svc.fail_status is None
+    assert svc.messages() == ["ok", "2", "r2", "r3"]
 
 
 def test_slow_mode_causes_client_timeouts(svc: DevService) -> None:
