@@ -283,6 +283,100 @@ class Engine:
             osproc.signal_group(pid, signal.SIGKILL)
         return len(found)
 
+    # ------------------------------------------------------------------ operator commands
+
+    @property
+    def overrides_file(self) -> Path:
+        return self.config.state_dir / "overrides.json"
+
+    def load_overrides(self) -> None:
+        """Runtime scale and held-stopped sets survive a daemon restart; stale types are dropped."""
+        try:
+            data = json.loads(self.overrides_file.read_text())
+        except (OSError, ValueError):
+            return
+        for type_name, ids in (data.get("scaled") or {}).items():
+            if type_name in self.config.executors and isinstance(ids, list):
+                self.scaled[type_name] = tuple(sorted({int(i) for i in ids if isinstance(i, int) and i >= 0}))
+        self.held = {e for e in data.get("held") or [] if isinstance(e, str)}
+
+    def save_overrides(self) -> None:
+        self.scaled = {t: ids for t, ids in self.scaled.items() if t in self.config.executors}
+        write_json_atomic(self.overrides_file, {
+            "scaled": {t: list(ids) for t, ids in self.scaled.items()},
+            "held": sorted(self.held),
+        })
+
+    async def scale(self, type_name: str, count: int | None = None, ids: Iterable[int] | None = None) -> dict[str, Any]:
+        """Scale up adds ids after the highest; scale down drops the highest. Survivors are untouched."""
+        current = self.ids_of(type_name)
+        if ids is not None:
+            new = iter_ids(ids)
+        else:
+            assert count is not None and count >= 0
+            if count <= len(current):
+                new = current[:count]
+            else:
+                start = (max(current) + 1) if current else 0
+                new = current + tuple(range(start, start + count - len(current)))
+        if new == self.config.ids_of(type_name):
+            self.scaled.pop(type_name, None)  # back to what the config says: no override to show
+        else:
+            self.scaled[type_name] = new
+        self.save_overrides()
+        self.publish(Event(event="scaled", level="info", supervisor=self.supervisor_name,
+                           detail={"type": type_name, "old": len(current), "new": len(new)}))
+        done = await self.reconcile()
+        return {"type": type_name, "old": len(current), "new": len(new), "ids": list(new), **done}
+
+    async def stop_instances(self, instances: list[Instance]) -> None:
+        """Held stopped until started again, across reloads and daemon restarts."""
+        self.held.update(i.spec.exec_id for i in instances)
+        self.save_overrides()
+        await self.reconcile()
+
+    async def start_instances(self, instances: list[Instance]) -> None:
+        """Also revives fatal and exited instances: an explicit start forgives."""
+        self.held.difference_update(i.spec.exec_id for i in instances)
+        self.save_overrides()
+        for instance in instances:
+            if instance.state in AT_REST or instance.state is State.BACKOFF:
+                instance.start()
+        await self.reconcile()
+
+    async def restart_instances(self, instances: list[Instance], rolling: bool = False) -> list[str]:
+        """Restart now (all at once, or one by one waiting for each to run); returns those that did not come up."""
+        self.held.difference_update(i.spec.exec_id for i in instances)
+        self.save_overrides()
+        if not rolling:
+            for instance in instances:
+                instance.restart()
+            return []
+        failed = []
+        for instance in instances:
+            instance.restart()
+            budget = instance.policy.stop_timeout + instance.policy.start_seconds + 30
+            up = await instance.wait_until((State.RUNNING, State.FATAL, State.EXITED), budget)
+            if not up or instance.state is not State.RUNNING:
+                failed.append(instance.spec.exec_id)
+                break  # do not take down the rest of the fleet behind a bad instance
+        return failed
+
+    async def wait_settled(self, type_names: Iterable[str], timeout: float) -> list[str]:
+        """Wait until every wanted instance of the types runs and removed ones are gone; returns laggards."""
+        deadline = time.monotonic() + timeout
+        names = set(type_names)
+        while True:
+            lagging = [
+                i.spec.exec_id for i in self.instances.values()
+                if i.spec.type in names and (
+                    (i.want_running and i.state is not State.RUNNING) or (i in self._retiring)
+                )
+            ]
+            if not lagging or time.monotonic() >= deadline:
+                return lagging
+            await asyncio.sleep(0.05)
+
     # ------------------------------------------------------------------ views
 
     def counts(self) -> dict[str, int]:

@@ -91,6 +91,7 @@ class Instance:
         self._stop_deadline = 0.0
         self._cleanup: asyncio.Task[None] | None = None
         self._rest_waiters: list[asyncio.Future[None]] = []
+        self._state_waiters: list[tuple[tuple[State, ...], asyncio.Future[None]]] = []
 
     # ------------------------------------------------------------------ commands
 
@@ -132,6 +133,18 @@ class Instance:
         self.spec = spec
         self.policy = policy
         return relaunch
+
+    async def wait_until(self, states: tuple[State, ...], timeout: float | None = None) -> bool:
+        """Wait until the instance is in one of states; False on timeout."""
+        if self.state in states:
+            return True
+        future = asyncio.get_running_loop().create_future()
+        self._state_waiters.append((states, future))
+        try:
+            await asyncio.wait_for(asyncio.shield(future), timeout)
+            return True
+        except asyncio.TimeoutError:
+            return False
 
     async def wait_at_rest(self) -> None:
         if self.state in AT_REST and self._cleanup is None:
@@ -335,6 +348,16 @@ class Instance:
     def _set_state(self, state: State) -> None:
         self.state = state
         self.host.state_changed(self)
+        if self._state_waiters:
+            keep = []
+            for states, future in self._state_waiters:
+                if future.done():
+                    continue
+                if state in states:
+                    future.set_result(None)
+                else:
+                    keep.append((states, future))
+            self._state_waiters = keep
         if state in AT_REST:
             self._wake_rest_waiters()
 
