@@ -34,12 +34,12 @@ HELLO = REPO / "executors" / "et_hello_world.py"
 def binary(tmp_path_factory: pytest.TempPathFactory) -> Path:
     pytest.importorskip("PyInstaller")
     work = tmp_path_factory.mktemp("pyinstaller")
-    # The command from executors/README.md. `--paths` makes the toolkit findable
-    # from a `pip install -e .` checkout (PyInstaller cannot follow PEP 660
-    # editable installs, pyinstaller/pyinstaller#7524); harmless otherwise.
+    # The command from the README, plus where to put its output. It works from a
+    # `pip install -e .` checkout because executors/ is a package: PyInstaller then
+    # searches the checkout root, where exec_supervisor lives.
     build = subprocess.run(
         [sys.executable, "-m", "PyInstaller", "-F", str(HELLO), "-n", "et_hello_world",
-         "--paths", str(REPO), "--distpath", str(work / "dist"), "--workpath", str(work / "build"),
+         "--distpath", str(work / "dist"), "--workpath", str(work / "build"),
          "--specpath", str(work), "--noconfirm", "--log-level", "WARN"],
         cwd=work, capture_output=True, text=True, timeout=480,
     )
