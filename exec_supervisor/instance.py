@@ -17,7 +17,6 @@ import enum
 import logging
 import random
 import signal
-import subprocess
 import time
 from collections import deque
 from pathlib import Path
@@ -74,7 +73,6 @@ class Instance:
         self.host = host
         self.state = State.STOPPED
         self.want_running = False
-        self.process: subprocess.Popen[bytes] | None = None
         self.pid: int | None = None
         self.started_at = 0.0  # monotonic, of the current process
         self.started_wall = 0.0
@@ -158,13 +156,10 @@ class Instance:
     def on_exit(self, status: int) -> None:
         """Called by the engine once it has reaped our main process."""
         exit_code, signal_name = osproc.describe_status(status)
-        if self.process is not None:
-            self.process.returncode = exit_code if exit_code is not None else -1
         now = time.monotonic()
         runtime = now - self.started_at
         pid = self.pid
         self.pid = None
-        self.process = None
         self._cancel_timer()
         self.last_exit = {
             "exit_code": exit_code,
@@ -230,14 +225,13 @@ class Instance:
         self.started_at = time.monotonic()
         self.started_wall = time.time()
         try:
-            process = osproc.spawn(spec.argv, env, spec.cwd, self.log_path)
+            pid = osproc.spawn(spec.argv, env, spec.cwd, self.log_path)
         except OSError as exc:
             self._spawn_failed(exc)
             return
-        self.process = process
-        self.pid = self._pgid = process.pid
-        self.host.track(self, process.pid)
-        self._emit("spawned", pid=process.pid)
+        self.pid = self._pgid = pid
+        self.host.track(self, pid)
+        self._emit("spawned", pid=pid)
         if self.policy.start_seconds > 0:
             self._timer = asyncio.get_running_loop().call_later(
                 self.policy.start_seconds, self._on_start_seconds
@@ -253,8 +247,7 @@ class Instance:
         self.last_exit = {"exit_code": None, "signal": None, "time": time.time(), "runtime": 0.0,
                           "error": f"{exc.strerror or exc}: {exc.filename or self.spec.argv[0]}"}
         self._set_state(State.BACKOFF if restart_in is not None else State.EXITED)
-        self._emit("crashed", runtime=0.0, restart_in=restart_in,
-                   output=f"could not start: {self.last_exit['error']}")
+        self._emit("crashed", runtime=0.0, restart_in=restart_in, detail={"error": self.last_exit["error"]})
         if restart_in is not None:
             self._timer = asyncio.get_running_loop().call_later(restart_in, self._restart_now)
 

@@ -65,6 +65,8 @@ def _en(e: "Event") -> str:
         return f"spawned (pid {e.pid})"
     if kind == "running":
         return f"running (pid {e.pid})"
+    if kind == "crashed" and d.get("error"):
+        return f"could not start: {d['error']}; {_plan(e, False)}"
     if kind == "crashed":
         verb = "crashed with" if not e.signal else "crashed:"
         return _with_output(
@@ -129,6 +131,8 @@ def _zh(e: "Event") -> str:
         return f"已启动进程 (pid {e.pid})"
     if kind == "running":
         return f"已启动 运行中 (pid {e.pid})"
+    if kind == "crashed" and d.get("error"):
+        return f"无法启动: {d['error']}; {_plan(e, True)}"
     if kind == "crashed":
         return _with_output(
             f"异常退出: {_how_ended(e, True)}, 运行了 {_seconds(e.runtime)}; {_plan(e, True)}", e

@@ -297,3 +297,16 @@ def test_check_prints_planned_instances(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert "ET-HelloWorld-3" in result.stdout
     assert "--service-host http://127.0.0.1:8083/ --id 3" in result.stdout
+
+
+def test_a_program_that_cannot_be_executed_is_retried_with_backoff(farm: Farm, tmp_path: Path) -> None:
+    broken = tmp_path / "not-a-program"
+    broken.write_text("this is not an executable format\n")
+    broken.chmod(0o755)
+    farm.write({"Broken": {"command": [str(broken)], "count": 1, "backoff": {"initial": 0.1, "jitter": 0}}})
+    farm.start()
+    log = farm.wait_log("ET-Broken-0: could not start: Exec format error", count=2)
+    delays = [float(d) for d in re.findall(r"ET-Broken-0: could not start: .*?restarting in ([\d.]+)s", log)]
+    assert delays[:2] == [0.1, 0.2]
+    assert farm.daemon.poll() is None, "a spawn failure never takes the daemon down"
+    assert farm.stop() == 0
