@@ -27,7 +27,7 @@ when the spool is opened; a garbled line in the middle is skipped and
 reported, and neither stops startup. New events always go to new segments
 after a restart, so a repaired file is never appended to.
 
-Memory: an index of 20 bytes per pending event (seq, offset, length in
+Memory: an index of 24 bytes per pending event (seq, offset, length in
 arrays); the payloads stay on disk and are read back with ``pread``.
 """
 
@@ -50,6 +50,10 @@ from .events import LEVELS
 STATE_FILE = "state.json"
 LOCK_FILE = "lock"
 _SEGMENT_RE = re.compile(r"^(debug|info|warning|error)-(\d{16})\.jsonl$")
+# A complete event line as the spool writes it: {"seq":N,...}. Checked cheaply (a full
+# 64 MiB spool is indexed at startup); a line garbled inside yet matching this would take
+# a disk fault, and the service's 422 would send it to the dead letters.
+_LINE_RE = re.compile(rb'^\{"seq":([1-9]\d{0,17})[,}][^\n]*\}$', re.M)
 _MIN_SEGMENT = 64 * 1024
 _MAX_SEGMENT = 4 * 1024 * 1024
 
@@ -204,34 +208,34 @@ class Spool:
             os.close(fd)
             raise
         seg = _Segment(path, first_seq, fd, writable=False)
-        seg.size = len(data)
-        bad = 0
-        start = 0
-        end = len(data)
-        while start < end:
-            newline = data.find(b"\n", start)
-            if newline < 0:
-                # A torn last line: the write (or the power) was cut mid-line.
-                os.ftruncate(fd, start)
-                os.fsync(fd)
-                seg.size = start
-                self.problems.append(
-                    f"{path.name}: cut off an incomplete last line ({end - start} bytes) "
-                    "left by a crash or power loss"
-                )
-                break
-            seq = _line_seq(data, start, newline)
-            if seq is None or seq <= last:
-                bad += 1
-            else:
-                last = seq
-                if seq > stream.head:
-                    seg.seqs.append(seq)
-                    seg.offsets.append(start)
-                    seg.lengths.append(newline + 1 - start)
-                    stream.count += 1
-                    stream.nbytes += newline + 1 - start
-            start = newline + 1
+        end = data.rfind(b"\n") + 1
+        if end < len(data):
+            # A torn last line: the write (or the power) was cut mid-line.
+            os.ftruncate(fd, end)
+            os.fsync(fd)
+            self.problems.append(
+                f"{path.name}: cut off an incomplete last line ({len(data) - end} bytes) "
+                "left by a crash or power loss"
+            )
+        seg.size = end
+        lines = data.count(b"\n", 0, end)
+        good = 0
+        head = stream.head
+        for match in _LINE_RE.finditer(data, 0, end):
+            seq = int(match.group(1))
+            if seq <= last:
+                continue  # out of order: counted as bad below
+            good += 1
+            last = seq
+            if seq > head:
+                start = match.start()
+                size = match.end() + 1 - start
+                seg.seqs.append(seq)
+                seg.offsets.append(start)
+                seg.lengths.append(size)
+                stream.count += 1
+                stream.nbytes += size
+        bad = lines - good
         if bad:
             self.problems.append(f"{path.name}: skipped {bad} unreadable or out-of-order line(s)")
         if not seg.seqs:
@@ -257,12 +261,14 @@ class Spool:
             if self._pending_bytes > self._max_bytes:
                 self._enforce_cap()
 
-    def append(self, level: str, body: bytes) -> int:
+    def append(self, level: str, body: bytes, over_cap: bool = False) -> int:
         """Write one event and return its seq.
 
         body is a UTF-8 JSON object (``{...}``); the spool puts ``"seq":N`` first in it.
         The line is in the file when this returns (not yet fsynced). Raises OSError
-        (disk full, ...) without consuming a seq.
+        (disk full, ...) without consuming a seq. With over_cap, this one line may
+        exceed the cap instead of dropping others (the notice *about* drops must not
+        cause new drops, or a full spool would announce itself forever).
         """
         if not body.startswith(b"{"):
             raise ValueError("an event body must be a JSON object")
@@ -287,7 +293,7 @@ class Spool:
             stream.nbytes += size
             self._pending_bytes += size
             self._dirty.add(seg)
-            if self._pending_bytes > self._max_bytes:
+            if self._pending_bytes > self._max_bytes and not over_cap:
                 self._enforce_cap()
             return seq
 
@@ -332,8 +338,10 @@ class Spool:
     # ------------------------------------------------------------------ reading
 
     def peek(self) -> Record | None:
-        """The pending event with the lowest seq, or None when nothing is pending."""
+        """The pending event with the lowest seq, or None when nothing is pending (or closed)."""
         with self._lock:
+            if self.closed:
+                return None
             best: tuple[int, _Stream, _Segment, int] | None = None
             for stream in self._order:
                 if stream.count:
@@ -373,10 +381,11 @@ class Spool:
     def _state_key(self) -> tuple[Any, ...]:
         return (self._next_seq,) + tuple(s.head for s in self._order)
 
-    def sync(self) -> None:
+    def sync(self, final: bool = False) -> None:
         """fsync new lines, persist heads and next seq, delete consumed segments.
 
-        Called about once a second by one thread (the flusher) and at stop.
+        Called about once a second by one thread (the flusher) and at stop. The
+        segment being appended to is kept even when consumed, unless `final`.
         """
         with self._sync_lock:
             with self._lock:
@@ -406,7 +415,7 @@ class Spool:
                 for stream in self._order:
                     while stream.segments:
                         seg = stream.segments[0]
-                        if seg.writable or not seg.consumed or (seg.seqs and seg.seqs[-1] > heads[stream.level]):
+                        if (seg.writable and not final) or not seg.consumed or (seg.seqs and seg.seqs[-1] > heads[stream.level]):
                             break
                         stream.segments.popleft()
                         self._dirty.discard(seg)
@@ -448,7 +457,7 @@ class Spool:
         if self.closed:
             return
         try:
-            self.sync()
+            self.sync(final=True)
         finally:
             with self._sync_lock, self._lock:
                 self.closed = True
@@ -487,6 +496,8 @@ class Spool:
     def pending(self) -> list[Record]:
         """Every pending record in seq order (reads them all: for tests and inspection)."""
         with self._lock:
+            if self.closed:
+                return []
             items = []
             for stream in self._order:
                 for seg in stream.segments:
@@ -497,18 +508,6 @@ class Spool:
                 Record(seq, level, os.pread(seg.fd, seg.lengths[i], seg.offsets[i])[:-1])
                 for seq, level, seg, i in items
             ]
-
-
-def _line_seq(data: bytes, start: int, newline: int) -> int | None:
-    """The seq of a complete, parseable event line, else None."""
-    if not data.startswith(b'{"seq":', start):
-        return None
-    try:
-        obj = json.loads(data[start:newline])
-    except (ValueError, UnicodeDecodeError):
-        return None
-    seq = obj.get("seq") if isinstance(obj, dict) else None
-    return seq if isinstance(seq, int) and not isinstance(seq, bool) and seq > 0 else None
 
 
 def _read_all(fd: int) -> bytes:
