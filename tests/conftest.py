@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
-TEST_PROGRAM = ROOT / "tests" / "programs" / "et_test.py"
+TEST_PROGRAM = ROOT / "tests" / "programs" / "misbehaving.py"
 MARK = "ES_TEST_MARK"
 
 
