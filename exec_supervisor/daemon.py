@@ -77,7 +77,11 @@ class Daemon:
         self._sigints = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self.forwarder: Any = None
-        self.extensions: list[Any] = []  # control server, sd_notify: each has start()/stop()
+        # Control server, sd_notify, ...: each has async start/stopping/stop(daemon), and may have
+        # started(daemon) (after the first reconcile), reloading(daemon), reloaded(daemon, result).
+        self.extensions: list[Any] = []
+        self._stop_reason = "asked to stop"
+        self._reload_lock = asyncio.Lock()
 
     # ------------------------------------------------------------------ events
 
@@ -93,6 +97,7 @@ class Daemon:
     def request_stop(self, reason: str) -> None:
         if not self._stop.is_set():
             log.info("exec-supervisor@%s: %s: stopping the farm", self.config.name, reason)
+            self._stop_reason = reason
         self.engine.stopping = True  # also ends a start-up still spawning
         self._stop.set()
 
@@ -111,7 +116,27 @@ class Daemon:
     # ------------------------------------------------------------------ reload
 
     async def reload(self) -> dict[str, Any]:
-        """Re-read the config file; an invalid one changes nothing."""
+        """Re-read the config file; an invalid one changes nothing. SIGHUP and the control API both land here."""
+        async with self._reload_lock:
+            if self._stop.is_set():
+                return {"ok": False, "errors": ["the daemon is stopping; reload refused"]}
+            await self._hook("reloading")
+            result = await self._reload()
+            await self._hook("reloaded", result)
+            return result
+
+    async def _hook(self, name: str, *args: Any) -> None:
+        """Call an optional extension hook; a failing extension is logged, never fatal."""
+        for extension in self.extensions:
+            method = getattr(extension, name, None)
+            if method is None:
+                continue
+            try:
+                await method(self, *args)
+            except Exception:
+                log.exception("extension %s.%s failed", type(extension).__name__, name)
+
+    async def _reload(self) -> dict[str, Any]:
         try:
             new = config_mod.load(self.config.path)
         except config_mod.ConfigError as exc:
@@ -147,27 +172,57 @@ class Daemon:
         self.bus.subscribe(locallog.event_sink)
         self._start_forwarder()
         self.engine.attach(loop)
+        self.engine.load_overrides()
         left = self.engine.stop_previous_leftovers()
         if left:
             log.warning("stopped %d executors left running by a previous exec-supervisor", left)
-        for extension in self.extensions:
-            await extension.start(self)
+        await self._start_extensions()
         done = await self.engine.reconcile()
         counts = self.engine.counts()
         self.emit("supervisor_started", instances=counts["desired"], types=len(self.config.executors),
                   pid=os.getpid(), version=__version__, started=done["started"])
+        if not self._stop.is_set():
+            await self._hook("started")  # sd_notify READY=1: every instance has been spawned
         await self._stop.wait()
         self.emit("supervisor_stopping", instances=sum(1 for i in self.engine.instances.values() if i.pid),
-                  reason="asked to stop")
+                  reason=self._stop_reason)
         for extension in reversed(self.extensions):
-            await extension.stopping(self)
+            try:
+                await extension.stopping(self)
+            except Exception:
+                log.exception("extension %s.stopping failed", type(extension).__name__)
         await self.engine.shutdown()
         self.emit("supervisor_stopped", uptime=time.time() - self.started_at)
         for extension in reversed(self.extensions):
-            await extension.stop(self)
+            try:
+                await extension.stop(self)
+            except Exception:
+                log.exception("extension %s.stop failed", type(extension).__name__)
         if self.forwarder is not None:
             await loop.run_in_executor(None, self.forwarder.stop)
         return 0
+
+    async def _start_extensions(self) -> None:
+        """Start each extension; if one cannot start, undo the others and the forwarder, then report."""
+        started: list[Any] = []
+        try:
+            for extension in self.extensions:
+                await extension.start(self)
+                started.append(extension)
+        except Exception as exc:
+            for extension in reversed(started):
+                try:
+                    await extension.stop(self)
+                except Exception:
+                    log.exception("extension %s.stop failed", type(extension).__name__)
+            if self.forwarder is not None:
+                await asyncio.get_running_loop().run_in_executor(None, self.forwarder.stop)
+            if isinstance(exc, DaemonError):
+                raise
+            code = getattr(exc, "exit_code", None)
+            if isinstance(code, int):  # an extension's own operator-facing error (e.g. the control socket)
+                raise DaemonError(str(exc), code) from None
+            raise
 
     def _start_forwarder(self) -> None:
         if not self.config.events.forward:
@@ -181,8 +236,19 @@ class Daemon:
         self.forwarder.start()
 
 
+def default_extensions() -> list[Callable[[], Any]]:
+    """Always installed: the control socket (status, scale, reload, ...) and sd_notify (a no-op outside systemd)."""
+    from .control import ControlServer
+    from .systemd import SdNotify
+
+    return [ControlServer, SdNotify]
+
+
 def run(config_path: str, verbose: bool = False, extensions: list[Callable[[], Any]] | None = None) -> int:
-    """Load, lock, and supervise until stopped. Raises ConfigError / DaemonError for the CLI to print."""
+    """Load, lock, and supervise until stopped. Raises ConfigError / DaemonError for the CLI to print.
+
+    The default extensions are always installed; `extensions` adds more (factories, called on the loop).
+    """
     cfg = config_mod.load(config_path)
     _prepare_dirs(cfg)
     lock = StateLock(cfg.state_dir)
@@ -193,7 +259,7 @@ def run(config_path: str, verbose: bool = False, extensions: list[Callable[[], A
     try:
         async def main() -> int:
             daemon = Daemon(cfg)
-            daemon.extensions = [make() for make in (extensions or [])]
+            daemon.extensions = [make() for make in [*default_extensions(), *(extensions or [])]]
             return await daemon.run()
 
         code = asyncio.run(main())
