@@ -400,6 +400,27 @@ def shutdown(no_wait: bool, timeout: float, config_path: str, socket_path: str |
     click.echo(f"exec-supervisor (pid {pid}) stopped {count} instances and exited")
 
 
+# --------------------------------------------------------------------------- dev service
+
+
+@main.command("dev-service")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", default=8083, show_default=True, type=click.IntRange(0, 65535))
+@click.option("--token", envvar="DEV_SERVICE_TOKEN", default=None,
+              help="Require this Bearer token (or set DEV_SERVICE_TOKEN, kept out of `ps`).")
+@click.option("--username", default=None, help="Offer the token route for this user.")
+@click.option("--password-env", default=None, metavar="VAR",
+              help="Name of the environment variable holding that user's password.")
+def dev_service(host: str, port: int, token: str | None, username: str | None, password_env: str | None) -> None:
+    """A local stand-in of the WeFastAPI log API that prints every entry it receives."""
+    from . import devservice
+
+    password = os.environ.get(password_env) if password_env else None
+    if username and not password:
+        _fail("dev-service: --username needs --password-env naming a set environment variable", EXIT_USAGE)
+    devservice.serve_forever(host, port, token=token, username=username, password=password)
+
+
 # --------------------------------------------------------------------------- systemd
 
 

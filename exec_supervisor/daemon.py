@@ -227,11 +227,12 @@ class Daemon:
     def _start_forwarder(self) -> None:
         if not self.config.events.forward:
             return
+        from .forwarder import EventForwarder, SpoolError
+
         try:
-            from .forwarder import EventForwarder
-        except ImportError:  # not built yet in this checkout
-            return
-        self.forwarder = EventForwarder(self.config, self.publish_threadsafe)
+            self.forwarder = EventForwarder(self.config, self.publish_threadsafe)
+        except SpoolError as exc:
+            raise DaemonError(f"{self.config.path.name}: events: cannot use the event spool: {exc}") from None
         self.bus.subscribe(self.forwarder.sink)
         self.forwarder.start()
 

@@ -351,3 +351,25 @@ def test_serve_forever_prints_entries_hides_secrets_and_exits_on_sigint() -> Non
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_dev_service_command_prints_entries_and_stops_on_sigint() -> None:
+    proc = subprocess.Popen([sys.executable, "-m", "exec_supervisor.cli", "dev-service", "--port", "0"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        banner = proc.stdout.readline()
+        url = re.search(r"(http://127\.0\.0\.1:\d+/)", banner).group(1)
+        answer = requests.post(url + "api/bases/logs/", json={"level": "warning", "message": "ET-X-1: hello"}, timeout=5)
+        assert answer.status_code == 200
+        line = ""
+        while "ET-X-1: hello" not in line:
+            line = proc.stdout.readline()
+            assert line, "dev-service exited before printing the entry"
+        assert "| WARNING | 127.0.0.1 ET-X-1: hello" in line
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(10) == 0
+        assert "Traceback" not in proc.stdout.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
