@@ -16,6 +16,7 @@ import argparse
 import os
 import random
 import signal
+import threading
 import time
 
 import requests
@@ -40,11 +41,15 @@ args = parser.parse_args()
 exec_id = f'ET-{execution_side_name}-{args.id}'
 
 
-# FIX: SIGTERM (what a supervisor sends) and Ctrl-C end the script with status 0
-# wherever it is, a 6-minute sleep included. Raising from the handler is the
-# simplest safe choice for a script with no state to save.
+# FIX: SIGTERM (what a supervisor sends) and Ctrl-C end the script with status 0,
+# a 6-minute sleep included. The handler only sets a flag: an exception raised from
+# a signal handler is silently lost when it lands in a finalizer (a closing socket's
+# __del__, say), and the script would then sleep on.
+stop = threading.Event()
+
+
 def on_signal(signum, frame):
-    raise SystemExit(0)
+    stop.set()
 
 
 signal.signal(signal.SIGTERM, on_signal)
@@ -100,9 +105,9 @@ def service_request(method: str, path: str = 'api/', data=None, host: str = args
         except Exception as err:
             err_str = f'服务请求异常: {err}'
         print(err_str, flush=True)
-        if final or not is_repeat or attempt >= ATTEMPTS:
+        if final or not is_repeat or attempt >= ATTEMPTS or stop.is_set():
             return res, err_str
-        time.sleep(2 ** (attempt - 1) * random.uniform(0.5, 1.0))  # FIX: ~1 s, ~2 s instead of 60 s
+        stop.wait(2 ** (attempt - 1) * random.uniform(0.5, 1.0))  # FIX: ~1 s, ~2 s instead of 60 s
 
 
 def log(level: str, message: str):
@@ -126,13 +131,14 @@ def get_public_ip() -> str:
 seconds = int(time.time())
 public_ip = get_public_ip()
 log('debug', f'已启动 {public_ip}')
-while True:
+while not stop.is_set():
     if int(time.time()) - seconds > random.randint(13, 23):
         try:
             print('Hello World', flush=True)
-            time.sleep(360)
+            stop.wait(360)
         except Exception as e:
             log('error', str(e))
         seconds = int(time.time())
     else:
-        time.sleep(1)  # FIX: the seed spun at 100% CPU here
+        stop.wait(1)  # FIX: the seed spun at 100% CPU here
+print(f'[debug] {exec_id}: stopping', flush=True)
