@@ -757,6 +757,7 @@ class ControlServer:
 
     async def start_cmd(self, request: web.Request) -> web.Response:
         instances, body, wait, timeout = await self._command_args(request)
+        instances = self.engine.not_retiring(instances)
         await self.engine.start_instances(instances)
         budget = timeout if timeout is not None else self._max_policy(instances, "start_seconds", 3.0) + 30
         return await self._settled(body["target"], instances, wait, budget, (State.RUNNING,))
@@ -769,6 +770,7 @@ class ControlServer:
 
     async def restart_cmd(self, request: web.Request) -> web.Response:
         instances, body, wait, timeout = await self._command_args(request)
+        instances = self.engine.not_retiring(instances)
         rolling = _flag(body.get("rolling"), "rolling", False)
         if rolling:
             failed = await self.engine.restart_instances(instances, rolling=True)

@@ -339,15 +339,15 @@ class Engine:
         """Also revives fatal and exited instances: an explicit start forgives."""
         self.held.difference_update(i.spec.exec_id for i in instances)
         self.save_overrides()
-        for instance in instances:
-            if instance.state in AT_REST or instance.state is State.BACKOFF:
-                instance.start()
+        for instance in self.not_retiring(instances):
+            instance.start()  # also one still stopping: it comes back once stopped
         await self.reconcile()
 
     async def restart_instances(self, instances: list[Instance], rolling: bool = False) -> list[str]:
         """Restart now (all at once, or one by one waiting for each to run); returns those that did not come up."""
         self.held.difference_update(i.spec.exec_id for i in instances)
         self.save_overrides()
+        instances = self.not_retiring(instances)
         if not rolling:
             for instance in instances:
                 instance.restart()
@@ -378,6 +378,10 @@ class Engine:
             await asyncio.sleep(0.05)
 
     # ------------------------------------------------------------------ views
+
+    def not_retiring(self, instances: Iterable[Instance]) -> list[Instance]:
+        """Leave out instances being removed (scaled down, dropped by a reload): start/restart must not revive them."""
+        return [i for i in instances if i not in self._retiring]
 
     def counts(self) -> dict[str, int]:
         running = sum(1 for i in self.instances.values() if i.state is State.RUNNING)

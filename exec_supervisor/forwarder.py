@@ -124,6 +124,10 @@ class _Auth:
             self.token = os.environ.get(auth.token_env, "").strip() or None
             if self.token is None:
                 self.problem = f"service.auth.token_env: the environment variable {auth.token_env} is not set or empty"
+            elif not _header_safe(self.token):
+                self.token = None
+                self.problem = (f"service.auth.token_env: the environment variable {auth.token_env} holds characters "
+                                "a token cannot have (value not shown)")
         elif auth.token_file:
             self.mode = "token"
             self.token, self.problem = _read_token_file(config)
@@ -149,7 +153,14 @@ def _read_token_file(config: Any) -> tuple[str | None, str | None]:
         return None, f"service.auth.token_file: {path} is not UTF-8 text"
     if not token:
         return None, f"service.auth.token_file: {path} is empty"
+    if not _header_safe(token):
+        return None, f"service.auth.token_file: {path} holds characters a token cannot have (value not shown)"
     return token, None
+
+
+def _header_safe(token: str) -> bool:
+    """A token goes into an HTTP header: printable ASCII only (requests would echo a bad one in its error)."""
+    return token.isascii() and token.isprintable()
 
 
 def _detail(response: requests.Response) -> str:
@@ -608,6 +619,9 @@ class EventForwarder:
                 minutes = float(body.get("expires_minutes") or 720)
             except (ValueError, KeyError, TypeError):
                 raise _AuthProblem(f"the token route {self._token_url} answered 200 without an access_token") from None
+            if not _header_safe(token):
+                raise _AuthProblem(f"the token route {self._token_url} answered a token with characters a token "
+                                   "cannot have (value not shown)")
             now = time.monotonic()
             lifetime = max(1.0, minutes * 60)
             auth.token = token

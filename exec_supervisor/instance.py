@@ -88,6 +88,7 @@ class Instance:
         self._killed = False  # SIGKILL was needed during the current stop
         self._stop_deadline = 0.0
         self._cleanup: asyncio.Task[None] | None = None
+        self._start_pending = False  # started while the last run's leftovers were still being stopped
         self._rest_waiters: list[asyncio.Future[None]] = []
         self._state_waiters: list[tuple[tuple[State, ...], asyncio.Future[None]]] = []
 
@@ -99,7 +100,10 @@ class Instance:
         if self.state in AT_REST:
             self.failures = 0
             self.restart_times.clear()
-            self._spawn()
+            if self._cleanup is None:
+                self._spawn()
+            else:  # never next to what the last run left behind: _after_cleanup starts it
+                self._start_pending = True
         elif self.state is State.BACKOFF and self._cleanup is None:
             self._cancel_timer()
             self._spawn()
@@ -107,6 +111,7 @@ class Instance:
 
     def stop(self) -> None:
         self.want_running = False
+        self._start_pending = False
         if self.state in (State.STARTING, State.RUNNING):
             self._begin_stop()
         elif self.state is State.BACKOFF:
@@ -241,11 +246,22 @@ class Instance:
 
     def _spawn_failed(self, exc: OSError) -> None:
         # Same policy as a crash: a missing file may come back (a deploy in progress).
+        self.last_exit = {"exit_code": None, "signal": None, "time": time.time(), "runtime": 0.0,
+                          "error": f"{exc.strerror or exc}: {exc.filename or self.spec.argv[0]}"}
+        now = time.monotonic()
+        if self.policy.restart != "never" and self.policy.max_restarts is not None:
+            while self.restart_times and self.restart_times[0] < now - self.policy.restart_window:
+                self.restart_times.popleft()
+            if len(self.restart_times) >= self.policy.max_restarts:
+                self._set_state(State.FATAL)
+                self._emit("fatal", runtime=0.0,
+                           detail={"window": self.policy.restart_window, "error": self.last_exit["error"]})
+                return
         self.failures += 1
         self.restarts += 1
         restart_in = backoff_delay(self.policy, self.failures) if self.policy.restart != "never" else None
-        self.last_exit = {"exit_code": None, "signal": None, "time": time.time(), "runtime": 0.0,
-                          "error": f"{exc.strerror or exc}: {exc.filename or self.spec.argv[0]}"}
+        if restart_in is not None:
+            self.restart_times.append(now)
         self._set_state(State.BACKOFF if restart_in is not None else State.EXITED)
         self._emit("crashed", runtime=0.0, restart_in=restart_in, detail={"error": self.last_exit["error"]})
         if restart_in is not None:
@@ -312,7 +328,10 @@ class Instance:
 
     def _after_cleanup(self, killed: bool) -> None:
         self._killed = False
-        if self.state is State.STOPPING:
+        pending, self._start_pending = self._start_pending, False
+        if self.state in AT_REST and pending and self.want_running:
+            self._spawn()
+        elif self.state is State.STOPPING:
             self._set_state(State.STOPPED)
             self._emit("stopped", detail={"killed": killed})
             if self.want_running:  # a restart: come back at once

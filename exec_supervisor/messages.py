@@ -23,6 +23,8 @@ def _seconds(value: float | None) -> str:
 
 
 def _how_ended(e: "Event", zh: bool) -> str:
+    if e.detail.get("error"):  # it never ran: the reason it could not start
+        return str(e.detail["error"])
     if e.signal:
         return f"被信号 {e.signal} 终止" if zh else f"killed by {e.signal}"
     return f"退出码 {e.exit_code}" if zh else f"exit code {e.exit_code}"

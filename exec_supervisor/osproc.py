@@ -7,6 +7,7 @@ import os
 import resource
 import shutil
 import signal
+import time
 from pathlib import Path
 from typing import Iterable, Mapping
 
@@ -143,8 +144,30 @@ def environ_value(pid: int, name: str) -> str | None:
     return None
 
 
+# One /proc scan serves every caller within this window: when a thousand instances reach
+# their stop timeout together, each would otherwise scan all of /proc on the event loop.
+PROC_SCAN_TTL = 0.02
+_proc_scan: tuple[float, dict[int, list[int]]] = (-1.0, {})
+
+
 def descendants(pids: Iterable[int]) -> set[int]:
-    """Every living descendant of the given pids (one scan of /proc)."""
+    """Every living descendant of the given pids (one scan of /proc, shared for PROC_SCAN_TTL)."""
+    global _proc_scan
+    if time.monotonic() - _proc_scan[0] > PROC_SCAN_TTL:
+        parent_of = _children_by_parent()
+        _proc_scan = (time.monotonic(), parent_of)  # a scan can outlast the TTL: count from its end
+    parent_of = _proc_scan[1]
+    found: set[int] = set()
+    stack = list(pids)
+    while stack:
+        for child in parent_of.get(stack.pop(), ()):
+            if child not in found:
+                found.add(child)
+                stack.append(child)
+    return found
+
+
+def _children_by_parent() -> dict[int, list[int]]:
     parent_of: dict[int, list[int]] = {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
@@ -157,14 +180,7 @@ def descendants(pids: Iterable[int]) -> set[int]:
         # The command name may hold spaces and parens: fields start after the last ')'.
         fields = stat[stat.rfind(b")") + 2:].split()
         parent_of.setdefault(int(fields[1]), []).append(int(entry))
-    found: set[int] = set()
-    stack = list(pids)
-    while stack:
-        for child in parent_of.get(stack.pop(), ()):
-            if child not in found:
-                found.add(child)
-                stack.append(child)
-    return found
+    return parent_of
 
 
 def process_start_time(pid: int) -> float | None:

@@ -416,3 +416,58 @@ def test_events_recent_backlog_and_follow(farm: Farm, tmp_path: Path) -> None:
     kinds = [(e["event"], e["exec_id"]) for e in map(json.loads, followed.read_text().splitlines()[1:])]
     assert kinds[:2] == [("stopping", "ET-A-0"), ("stopped", "ET-A-0")] and ("running", "ET-A-0") in kinds
     assert farm.stop() == 0
+
+
+def _alive(pids: set[int]) -> list[int]:
+    out = []
+    for pid in pids:
+        try:
+            if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+                out.append(pid)
+        except psutil.Error:
+            pass
+    return out
+
+
+def test_start_of_an_exited_instance_waits_for_its_leftovers(farm: Farm) -> None:
+    """`start` right after an exit must not run a second copy next to what the old run left behind."""
+    farm.write({"L": {**farm.program("crash-leaving"), "count": 1, "restart": "never", "stop_timeout": 2}})
+    farm.start()
+    farm.wait_log("ET-L-0: crashed")
+    leftovers = {p.pid for p in marked_processes(farm.mark)}
+    assert len(leftovers) == 2, "a child and a setsid grandchild, both ignoring SIGTERM"
+    client = api(farm)
+    assert client.call("POST", "/v1/start", {"target": "ET-L-0", "wait": False})[0] == 200
+
+    def new_pid() -> int | None:
+        rows = client.call("GET", "/v1/status?target=ET-L-0")[1]["instances"]
+        return rows[0]["pid"]
+    wait_until(new_pid, timeout=10, interval=0.005, what="the new run")
+    assert not _alive(leftovers), "the old run's leftovers were still alive when the new run started"
+    assert farm.daemon.poll() is None
+    assert farm.stop() == 0
+
+
+def test_start_all_during_a_scale_down_does_not_revive_the_removed_instances(farm: Farm) -> None:
+    farm.write({"A": {**farm.program("ignore-term"), "count": 3, "stop_timeout": 1}})
+    farm.start(wait_instances=3)
+    farm.wait_started(3)
+    ok(farm, "scale", "A", "1")  # A-1 and A-2 take stop_timeout to go
+    assert set(states(farm)) == {"ET-A-0", "ET-A-1", "ET-A-2"}
+    out = ok(farm, "start", "all")
+    assert "ET-A-1" not in out and "ET-A-2" not in out, out
+    ok(farm, "restart", "all")
+    wait_until(lambda: set(states(farm)) == {"ET-A-0"}, what="only ET-A-0 left in the farm")
+    assert set(farm.instances()) == {"ET-A-0"}
+    assert farm.stop() == 0
+
+
+def test_start_while_an_instance_is_still_stopping_brings_it_back(farm: Farm) -> None:
+    farm.write({"A": {**farm.program("ignore-term"), "count": 1, "stop_timeout": 1}})
+    farm.start(wait_instances=1)
+    farm.wait_started(1)
+    ok(farm, "stop", "ET-A-0", "--no-wait")
+    assert states(farm)["ET-A-0"] == "stopping"
+    assert "started: ET-A-0" in ok(farm, "start", "ET-A-0", "--timeout", "8")
+    assert states(farm)["ET-A-0"] == "running"
+    assert farm.stop() == 0

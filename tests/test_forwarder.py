@@ -506,3 +506,18 @@ def test_stop_flushes_and_late_events_are_kept(tmp_path: Path, svc: DevService,
     again.fw.start()
     assert svc.wait_for(lambda es: len(es) >= 11, 10)
     assert_in_order_no_gap(svc.entries)
+
+
+@pytest.mark.parametrize("token", ["tok-secret-123\nsecond-line", "tok-secret-123\u20ac"])
+def test_an_unusable_token_is_reported_without_the_secret(tmp_path: Path, svc: DevService,
+                                                          harness: Callable[..., Harness],
+                                                          caplog: pytest.LogCaptureFixture, token: str) -> None:
+    (tmp_path / "token").write_text(token)
+    h = harness(make_config(tmp_path, svc.url, auth={"token_file": "token"}))
+    h.fw.start()
+    h.fw.sink(info(0))
+    # The service here exempts 127.0.0.1 from tokens: the event is sent without the unusable one.
+    wait_until(lambda: svc.entries or h.fw.backlog().get("last_error"), what="a delivery or an error")
+    text = caplog.text + json.dumps(h.fw.backlog()) + json.dumps([e.to_dict() for e in h.published], default=str)
+    assert "tok-secret-123" not in text
+    assert "holds characters a token cannot have (value not shown)" in caplog.text

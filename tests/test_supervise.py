@@ -315,3 +315,16 @@ def test_a_program_that_cannot_be_executed_is_retried_with_backoff(farm: Farm, t
     assert delays[:2] == [0.1, 0.2]
     assert farm.daemon.poll() is None, "a spawn failure never takes the daemon down"
     assert farm.stop() == 0
+
+
+def test_max_restarts_also_counts_spawn_failures(farm: Farm, tmp_path: Path) -> None:
+    broken = tmp_path / "not-a-program"
+    broken.write_text("this is not an executable format\n")
+    broken.chmod(0o755)
+    farm.write({"Broken": {"command": [str(broken)], "count": 1, "max_restarts": 2, "restart_window": "1m",
+                           "backoff": {"initial": 0.05, "jitter": 0}}})
+    farm.start()
+    log = farm.wait_log("ET-Broken-0: gave up after 2 restarts within 60s (last: Exec format error")
+    assert log.count("ET-Broken-0: could not start") == 2
+    assert farm.daemon.poll() is None
+    assert farm.stop() == 0
