@@ -116,7 +116,7 @@ class Engine:
             for exec_id, instance in list(self.instances.items()):
                 if exec_id in wanted or instance in self._retiring:
                     continue
-                if instance.state in AT_REST and not instance.want_running:
+                if instance.settled and not instance.want_running:
                     del self.instances[exec_id]
                 else:
                     done["stopped"] += 1

@@ -149,8 +149,13 @@ class Instance:
         except asyncio.TimeoutError:
             return False
 
+    @property
+    def settled(self) -> bool:
+        """At rest with nothing of its last run left alive."""
+        return self.state in AT_REST and self._cleanup is None
+
     async def wait_at_rest(self) -> None:
-        if self.state in AT_REST and self._cleanup is None:
+        if self.settled:
             return
         future = asyncio.get_running_loop().create_future()
         self._rest_waiters.append(future)
@@ -374,7 +379,7 @@ class Instance:
             self._wake_rest_waiters()
 
     def _wake_rest_waiters(self) -> None:
-        if self.state in AT_REST and self._cleanup is None:
+        if self.settled:
             waiters, self._rest_waiters = self._rest_waiters, []
             for future in waiters:
                 if not future.done():
