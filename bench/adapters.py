@@ -73,8 +73,9 @@ class Adapter:
         raise NotImplementedError
 
     # ----------------------------------------------------------------- optional scale/status
-    def scale_command(self, farm: Farm, workdir: Path, count: int) -> list[str] | None:
-        return None
+    def scale_commands(self, farm: Farm, workdir: Path, count: int, current: int) -> list[list[str]]:
+        """Commands (run in order, timed together) that take the farm from current to count."""
+        return []
 
     def status_command(self, workdir: Path) -> list[str] | None:
         return None
@@ -174,10 +175,10 @@ serverurl=unix://{esc(str(workdir / "supervisor.sock"))}
     def command(self, workdir: Path) -> list[str]:
         return [str(self._bin("supervisord")), "-c", str(self._conf(workdir))]
 
-    def scale_command(self, farm: Farm, workdir: Path, count: int) -> list[str] | None:
+    def scale_commands(self, farm: Farm, workdir: Path, count: int, current: int) -> list[list[str]]:
         # supervisord's way to change numprocs: edit the file, then reread + update.
         self.write_config(Farm(**{**farm.__dict__, "count": count}), workdir)
-        return [str(self._bin("supervisorctl")), "-c", str(self._conf(workdir)), "update"]
+        return [[str(self._bin("supervisorctl")), "-c", str(self._conf(workdir)), "update"]]
 
     def status_command(self, workdir: Path) -> list[str] | None:
         return [str(self._bin("supervisorctl")), "-c", str(self._conf(workdir)), "status"]
@@ -189,9 +190,9 @@ class Circus(Adapter):
     blurb = "circus from bench/.venv"
     supports_scale = True
 
-    def __init__(self, check_delay: float | None = None) -> None:
+    def __init__(self, check_delay: float = 1.0) -> None:
         self.check_delay = check_delay
-        self.name = "circus" if check_delay is None else f"circus-cd{check_delay:g}"
+        self.name = "circus" if check_delay == 1.0 else f"circus-cd{check_delay:g}"
 
     def available(self) -> str | None:
         if not (VENV / "bin" / "circusd").exists():
@@ -204,12 +205,13 @@ class Circus(Adapter):
 
     def settings(self, farm: Farm) -> dict[str, str]:
         return {
-            "check_delay": f"{self.check_delay:g}" if self.check_delay is not None
-            else "5 (circus's default from an ini file)",
+            "check_delay": f"{self.check_delay:g}" + (
+                " (the Arbiter's built-in default; an ini file without it gets 5, which restarts "
+                "5x slower)" if self.check_delay == 1.0 else " (fast restarts, at an idle CPU cost)"),
             "warmup_delay": "0 (no pause between spawns)",
             "numprocesses": str(farm.count),
             "respawn": "true",
-            "statsd / httpd / stats": "off",
+            "statsd / httpd": "off (no circusd-stats process)",
             "loglevel": "WARNING",
             "copy_env": "true, plus [env:...] with the marker",
             "stdout_stream / stderr_stream": "FileStream, one file per watcher "
@@ -225,12 +227,11 @@ class Circus(Adapter):
 
     def write_config(self, farm: Farm, workdir: Path) -> None:
         log = workdir / "logs" / f"{TYPE_NAME}.log"
-        cd = f"check_delay = {self.check_delay:g}\n" if self.check_delay is not None else ""
+        cd = f"check_delay = {self.check_delay:g}\n"
         env = "".join(f"{k} = {v}\n" for k, v in farm.env.items())
         self._ini(workdir).write_text(f"""[circus]
 {cd}endpoint = {self._endpoint(workdir)}
 pubsub_endpoint = ipc://{workdir / 'pubsub.sock'}
-stats_endpoint = ipc://{workdir / 'stats.sock'}
 statsd = False
 httpd = False
 loglevel = WARNING
@@ -256,13 +257,19 @@ stderr_stream.filename = {log}
     def command(self, workdir: Path) -> list[str]:
         return [str(VENV / "bin" / "circusd"), str(self._ini(workdir))]
 
-    def scale_command(self, farm: Farm, workdir: Path, count: int) -> list[str] | None:
-        ctl = [str(VENV / "bin" / "circusctl"), "--endpoint", self._endpoint(workdir), "--timeout", "60"]
-        return ctl + ["set", TYPE_NAME, "numprocesses", str(count)]
+    def _ctl(self, workdir: Path) -> list[str]:
+        return [str(VENV / "bin" / "circusctl"), "--endpoint", self._endpoint(workdir), "--timeout", "60"]
+
+    def scale_commands(self, farm: Farm, workdir: Path, count: int, current: int) -> list[list[str]]:
+        if current == 0:
+            # a watcher with numprocesses = 0 is stopped: incr, then start it
+            return [self._ctl(workdir) + ["incr", TYPE_NAME, str(count)],
+                    self._ctl(workdir) + ["start", TYPE_NAME]]
+        op = "incr" if count > current else "decr"
+        return [self._ctl(workdir) + [op, TYPE_NAME, str(abs(count - current))]]
 
     def status_command(self, workdir: Path) -> list[str] | None:
-        return [str(VENV / "bin" / "circusctl"), "--endpoint", self._endpoint(workdir),
-                "--timeout", "60", "status"]
+        return self._ctl(workdir) + ["status"]
 
 
 # ============================================================================ exec-supervisor
@@ -348,9 +355,9 @@ class ExecSupervisor(Adapter):
     def command(self, workdir: Path) -> list[str]:
         return [str(exec_supervisor_bin()), "start", str(self._conf(workdir))]
 
-    def scale_command(self, farm: Farm, workdir: Path, count: int) -> list[str] | None:
-        return [str(exec_supervisor_bin()), "scale", "-c", str(self._conf(workdir)),
-                TYPE_NAME, str(count), "--wait"]
+    def scale_commands(self, farm: Farm, workdir: Path, count: int, current: int) -> list[list[str]]:
+        return [[str(exec_supervisor_bin()), "scale", "-c", str(self._conf(workdir)),
+                 TYPE_NAME, str(count), "--wait"]]
 
     def status_command(self, workdir: Path) -> list[str] | None:
         return [str(exec_supervisor_bin()), "status", "-c", str(self._conf(workdir)), "--json"]
