@@ -174,7 +174,8 @@ def check(config: str) -> None:
     for spec in planned:
         click.echo(f"{spec.exec_id:<{width}}  {shlex.join(spec.argv)}")
     click.echo(
-        f"{config}: OK: {len(planned)} instances of {len(cfg.executors)} types; "
+        f"{config}: OK: {len(planned)} instance{'s' * (len(planned) != 1)} of "
+        f"{len(cfg.executors)} type{'s' * (len(cfg.executors) != 1)}; "
         f"state in {cfg.state_dir}, logs in {cfg.log_dir}"
     )
 

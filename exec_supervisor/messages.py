@@ -22,6 +22,10 @@ def _seconds(value: float | None) -> str:
     return f"{value / 3600:.1f}h"
 
 
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}" if number == 1 else f"{number} {noun}s"
+
+
 def _how_ended(e: "Event", zh: bool) -> str:
     if e.detail.get("error"):  # it never ran: the reason it could not start
         return str(e.detail["error"])
@@ -94,7 +98,7 @@ def _supervisor_en(e: "Event") -> str:
     d = e.detail
     kind = e.event
     if kind == "supervisor_started":
-        return f"started {d.get('instances', 0)} instances of {d.get('types', 0)} types (pid {d.get('pid')})"
+        return f"started {_count(d.get('instances', 0), 'instance')} of {_count(d.get('types', 0), 'type')} (pid {d.get('pid')})"
     if kind == "supervisor_stopping":
         return f"stopping {d.get('instances', 0)} instances ({d.get('reason', 'asked to stop')})"
     if kind == "supervisor_stopped":

@@ -133,7 +133,7 @@ def test_every_payload_field(tmp_path: Path, svc: DevService, harness: Callable[
     }
     assert killed["signal"] == "SIGKILL" and killed["exit_code"] is None and killed["seq"] == 2
     assert killed["message"].startswith("ET-Dummy-4: crashed: killed by SIGKILL after 12s; not restarting")
-    assert started["message"] == "exec-supervisor@farm-t: started 4 instances of 1 types (pid 9)"
+    assert started["message"] == "exec-supervisor@farm-t: started 4 instances of 1 type (pid 9)"
     assert started["exec_id"] is None and started["detail"] == {"instances": 4, "types": 1, "pid": 9}
     assert all(TIME_RE.match(e["time"]) for e in svc.entries)
     # recent() shows what went out, with its status.
