@@ -134,11 +134,12 @@ def _write_raw(chunk: bytes) -> None:
 
 @main.command()
 @click.argument("what", metavar="CONFIG|TARGET")
-@click.option("-v", "--verbose", is_flag=True, help="Daemon: also log debug events (spawned, stopping).")
+@click.option("-q", "--quiet", is_flag=True,
+              help="Daemon: log only info and above (leave out the spawned/stopping transitions).")
 @control_options
 @click.option("--no-wait", is_flag=True, help="TARGET: return without waiting for running.")
 @click.option("--timeout", type=click.FloatRange(0, 3600), default=None, help="TARGET: seconds to wait.")
-def start(what: str, verbose: bool, config_path: str, socket_path: str | None, no_wait: bool,
+def start(what: str, quiet: bool, config_path: str, socket_path: str | None, no_wait: bool,
           timeout: float | None) -> None:
     """Run the farm of CONFIG in the foreground, or start TARGET in a running farm.
 
@@ -153,7 +154,7 @@ def start(what: str, verbose: bool, config_path: str, socket_path: str | None, n
     from . import config as config_mod, daemon
 
     try:
-        code = daemon.run(what, verbose=verbose)
+        code = daemon.run(what, quiet=quiet)
     except config_mod.ConfigError as exc:
         for problem in exc.problems:
             click.echo(str(problem), err=True)

@@ -245,7 +245,7 @@ def default_extensions() -> list[Callable[[], Any]]:
     return [ControlServer, SdNotify]
 
 
-def run(config_path: str, verbose: bool = False, extensions: list[Callable[[], Any]] | None = None) -> int:
+def run(config_path: str, quiet: bool = False, extensions: list[Callable[[], Any]] | None = None) -> int:
     """Load, lock, and supervise until stopped. Raises ConfigError / DaemonError for the CLI to print.
 
     The default extensions are always installed; `extensions` adds more (factories, called on the loop).
@@ -254,7 +254,7 @@ def run(config_path: str, verbose: bool = False, extensions: list[Callable[[], A
     _prepare_dirs(cfg)
     lock = StateLock(cfg.state_dir)
     lock.acquire()
-    locallog.setup(verbose)
+    locallog.setup(quiet)
     osproc.set_child_subreaper()
     osproc.raise_nofile_limit()
     try:

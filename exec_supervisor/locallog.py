@@ -35,14 +35,15 @@ def under_journald() -> bool:
     return stream == f"{st.st_dev}:{st.st_ino}"
 
 
-def setup(verbose: bool = False) -> None:
+def setup(quiet: bool = False) -> None:
+    """Every state transition is logged by default (debug ones too); quiet keeps info and above."""
     handler = logging.StreamHandler(sys.stderr)
     if under_journald():
         handler.setFormatter(_JournalFormatter("%(message)s"))
     else:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(message)s"))
     log.handlers[:] = [handler]
-    log.setLevel(logging.DEBUG if verbose else logging.INFO)
+    log.setLevel(logging.INFO if quiet else logging.DEBUG)
     log.propagate = False
 
 

@@ -59,6 +59,8 @@ def test_sigkilled_instance_restarts_with_same_exec_id(farm: Farm) -> None:
     assert after["ET-Alpha-0"] == before["ET-Alpha-0"], "the other instance is untouched"
     log = farm.wait_log("ET-Alpha-1: crashed: killed by SIGKILL")
     assert "restarting in 0.1s (restart 1)" in log
+    # Every transition is on stderr by default, debug ones included.
+    farm.wait_log(f"ET-Alpha-1: spawned (pid {after['ET-Alpha-1']})")
     assert farm.stop() == 0
 
 
