@@ -520,6 +520,15 @@ class ControlServer:
     def _max_policy(self, instances: list[Instance], attribute: str, default: float) -> float:
         return max((getattr(i.policy, attribute) for i in instances), default=default)
 
+    def _backlog(self) -> dict[str, Any] | None:
+        forwarder = self.daemon.forwarder
+        if forwarder is None:
+            return None
+        try:
+            return forwarder.backlog()
+        except Exception as exc:  # never let a sink problem break status
+            return {"error": str(exc)}
+
     def _row(self, instance: Instance) -> dict[str, Any]:
         row = instance.snapshot()
         cpu = rss = None
@@ -581,13 +590,6 @@ class ControlServer:
             })
         cpu, rss = self.stats.sample(os.getpid())
         counts = engine.counts()
-        forwarder = self.daemon.forwarder
-        backlog = None
-        if forwarder is not None:
-            try:
-                backlog = forwarder.backlog()
-            except Exception as exc:  # never let a sink problem break status
-                backlog = {"error": str(exc)}
         supervisor = {
             "name": self.daemon.config.name,
             "pid": os.getpid(),
@@ -604,8 +606,8 @@ class ControlServer:
             "running": counts["running"],
             "desired": counts["desired"],
             "instances": counts["instances"],
-            "forwarding": forwarder is not None,
-            "backlog": backlog,
+            "forwarding": self.daemon.forwarder is not None,
+            "backlog": self._backlog(),
         }
         return _json({"supervisor": supervisor, "types": types, "instances": rows})
 
@@ -614,15 +616,8 @@ class ControlServer:
         follow = _flag(request.query.get("follow"), "follow", False)
         recent = list(self.ring)[-n:] if n else []
         if not follow:
-            forwarder = self.daemon.forwarder
-            backlog = None
-            if forwarder is not None:
-                try:
-                    backlog = forwarder.backlog()
-                except Exception as exc:
-                    backlog = {"error": str(exc)}
             return _json({"events": [self._event_dict(e) for e in recent],
-                          "forwarding": forwarder is not None, "backlog": backlog})
+                          "forwarding": self.daemon.forwarder is not None, "backlog": self._backlog()})
         queue: asyncio.Queue[Event | None] = asyncio.Queue(FOLLOW_QUEUE)
         self._followers.add(queue)
         response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
@@ -824,7 +819,7 @@ class ControlServer:
 
     async def shutdown(self, request: web.Request) -> web.Response:
         await _body(request)
-        running = sum(1 for i in self.engine.instances.values() if i.pid)
+        running = self.engine.live_count()
         already = self._stopping or self.engine.stopping
         asyncio.get_running_loop().call_soon(self.daemon.request_stop, "shutdown requested over the control socket")
         return _json({"ok": True, "pid": os.getpid(), "instances": running, "already_stopping": already}, 202)

@@ -184,7 +184,7 @@ class Daemon:
         if not self._stop.is_set():
             await self._hook("started")  # sd_notify READY=1: every instance has been spawned
         await self._stop.wait()
-        self.emit("supervisor_stopping", instances=sum(1 for i in self.engine.instances.values() if i.pid),
+        self.emit("supervisor_stopping", instances=self.engine.live_count(),
                   reason=self._stop_reason)
         for extension in reversed(self.extensions):
             try:

@@ -45,7 +45,6 @@ class Engine:
         self.scaled: dict[str, tuple[int, ...]] = {}
         self.held: set[str] = set()
         self.stopping = False
-        self.started_at = time.time()
         self._by_pid: dict[int, Instance] = {}
         self._retiring: set[Instance] = set()
         self._create_times: dict[int, float | None] = {}
@@ -383,18 +382,14 @@ class Engine:
         """Leave out instances being removed (scaled down, dropped by a reload): start/restart must not revive them."""
         return [i for i in instances if i not in self._retiring]
 
+    def live_count(self) -> int:
+        """Instances whose main process is alive."""
+        return sum(1 for i in self.instances.values() if i.pid)
+
     def counts(self) -> dict[str, int]:
         running = sum(1 for i in self.instances.values() if i.state is State.RUNNING)
         desired = sum(1 for i in self.instances.values() if i.want_running)
         return {"running": running, "desired": desired, "instances": len(self.instances)}
-
-    def select(self, target: str) -> list[Instance]:
-        """Instances named by `all`, a type name or an exec id."""
-        if target in ("all", "*"):
-            return list(self.instances.values())
-        if target in self.instances:
-            return [self.instances[target]]
-        return [i for i in self.instances.values() if i.spec.type == target]
 
 
 def write_json_atomic(path: Path, data: Any) -> None:

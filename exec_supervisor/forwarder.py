@@ -43,7 +43,7 @@ from urllib.parse import urlsplit
 import requests
 
 from . import messages
-from .events import LEVEL_RANK, LEVELS, Event
+from .events import LEVEL_RANK, Event
 from .spool import Record, Spool, SpoolError
 
 __all__ = ["EventForwarder", "SpoolError", "LOG_PATH", "TOKEN_PATH", "build_payload"]

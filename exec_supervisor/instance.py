@@ -14,19 +14,16 @@ from __future__ import annotations
 
 import asyncio
 import enum
-import logging
 import random
 import signal
 import time
 from collections import deque
 from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import Any, Protocol
 
 from . import osproc
 from .config import ExecutorType, InstanceSpec
 from .events import INSTANCE_EVENT_LEVELS, OUTPUT_TAIL_MAX_BYTES, Event
-
-log = logging.getLogger("exec_supervisor")
 
 CRASH_TAIL_LINES = 20
 
@@ -177,8 +174,8 @@ class Instance:
             "time": time.time(),
             "runtime": runtime,
         }
-        self.host.state_changed(self)
         if self.state is State.STOPPING:
+            self.host.state_changed(self)  # the pid is gone; the state changes once the leftovers are
             self._start_cleanup(self._stop_deadline, self.policy.stop_signal)
             return
 
@@ -187,24 +184,21 @@ class Instance:
             self.policy.restart == "always" or (self.policy.restart == "on-failure" and not expected)
         )
         output = self._output_tail() if not expected else None
-        if restart_due and self.policy.max_restarts is not None:
-            window_start = now - self.policy.restart_window
-            while self.restart_times and self.restart_times[0] < window_start:
-                self.restart_times.popleft()
-            if len(self.restart_times) >= self.policy.max_restarts:
-                self._set_state(State.FATAL)
-                self._emit(
-                    "fatal", pid=pid, exit_code=exit_code, signal=signal_name, runtime=runtime,
-                    output=output, detail={"window": self.policy.restart_window},
-                )
-                self._start_cleanup(now + self.policy.stop_timeout, self.policy.stop_signal)
-                return
+        if restart_due and self._restarts_exhausted(now):
+            self._set_state(State.FATAL)
+            self._emit(
+                "fatal", pid=pid, exit_code=exit_code, signal=signal_name, runtime=runtime,
+                output=output, detail={"window": self.policy.restart_window},
+            )
+            self._start_cleanup(now + self.policy.stop_timeout, self.policy.stop_signal)
+            return
         restart_in = None
         if restart_due:
             self.failures += 1
             self.restarts += 1
             self.restart_times.append(now)
             restart_in = backoff_delay(self.policy, self.failures)
+            self._restart_at = now + restart_in
             self._set_state(State.BACKOFF)
         else:
             self._set_state(State.EXITED)
@@ -213,8 +207,6 @@ class Instance:
             pid=pid, exit_code=exit_code, signal=signal_name, runtime=runtime,
             restart_in=restart_in, output=output,
         )
-        if restart_due:
-            self._restart_at = now + (restart_in or 0.0)
         self._start_cleanup(now + self.policy.stop_timeout, self.policy.stop_signal)
 
     def _on_start_seconds(self) -> None:
@@ -254,14 +246,11 @@ class Instance:
         self.last_exit = {"exit_code": None, "signal": None, "time": time.time(), "runtime": 0.0,
                           "error": f"{exc.strerror or exc}: {exc.filename or self.spec.argv[0]}"}
         now = time.monotonic()
-        if self.policy.restart != "never" and self.policy.max_restarts is not None:
-            while self.restart_times and self.restart_times[0] < now - self.policy.restart_window:
-                self.restart_times.popleft()
-            if len(self.restart_times) >= self.policy.max_restarts:
-                self._set_state(State.FATAL)
-                self._emit("fatal", runtime=0.0,
-                           detail={"window": self.policy.restart_window, "error": self.last_exit["error"]})
-                return
+        if self.policy.restart != "never" and self._restarts_exhausted(now):
+            self._set_state(State.FATAL)
+            self._emit("fatal", runtime=0.0,
+                       detail={"window": self.policy.restart_window, "error": self.last_exit["error"]})
+            return
         self.failures += 1
         self.restarts += 1
         restart_in = backoff_delay(self.policy, self.failures) if self.policy.restart != "never" else None
@@ -271,6 +260,15 @@ class Instance:
         self._emit("crashed", runtime=0.0, restart_in=restart_in, detail={"error": self.last_exit["error"]})
         if restart_in is not None:
             self._timer = asyncio.get_running_loop().call_later(restart_in, self._restart_now)
+
+    def _restarts_exhausted(self, now: float) -> bool:
+        """True when max_restarts restarts fall within the window (older ones are forgotten)."""
+        if self.policy.max_restarts is None:
+            return False
+        window_start = now - self.policy.restart_window
+        while self.restart_times and self.restart_times[0] < window_start:
+            self.restart_times.popleft()
+        return len(self.restart_times) >= self.policy.max_restarts
 
     def _restart_now(self) -> None:
         self._timer = None

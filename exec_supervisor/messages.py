@@ -53,7 +53,7 @@ def _by_level(counts: object, zh: bool) -> str:
     return ", ".join(f"{n} {level}" for level, n in counts.items())
 
 
-def _seq_range(d: dict, zh: bool) -> str:
+def _seq_range(d: dict) -> str:
     first, last = d.get("first_seq"), d.get("last_seq")
     if first is None or last is None:
         return ""
@@ -115,7 +115,7 @@ def _supervisor_en(e: "Event") -> str:
     if kind == "events_dropped":
         return (
             f"event spool full (events.spool_max_bytes): dropped {d.get('dropped', 0)} oldest events "
-            f"({_by_level(d.get('by_level'), False)}){_seq_range(d, False)}; that gap in seq is intentional"
+            f"({_by_level(d.get('by_level'), False)}){_seq_range(d)}; that gap in seq is intentional"
         )
     if kind == "events_refused":
         return (
@@ -173,7 +173,7 @@ def _zh(e: "Event") -> str:
     if kind == "events_dropped":
         return (
             f"事件缓存已满 (events.spool_max_bytes): 丢弃了 {d.get('dropped', 0)} 条最旧的事件 "
-            f"({_by_level(d.get('by_level'), True)}){_seq_range(d, True)}; 该 seq 缺口是有意的"
+            f"({_by_level(d.get('by_level'), True)}){_seq_range(d)}; 该 seq 缺口是有意的"
         )
     if kind == "events_refused":
         return (

@@ -147,7 +147,7 @@ class SdNotify:
         if not self.notifier.enabled:
             return
         self._phase = "stopping"
-        running = sum(1 for i in daemon.engine.instances.values() if i.pid)
+        running = daemon.engine.live_count()
         self.notifier.send("STOPPING=1", f"STATUS=stopping {running} instances")
 
     async def stop(self, daemon: Any) -> None:
@@ -180,7 +180,7 @@ class SdNotify:
     def _send_status(self) -> None:
         self._status_handle = None
         if self._phase == "stopping":
-            running = sum(1 for i in self._daemon.engine.instances.values() if i.pid)
+            running = self._daemon.engine.live_count()
             text = f"stopping: {running} instances left"
         else:
             text = self._status_text()
