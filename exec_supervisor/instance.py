@@ -252,9 +252,9 @@ class Instance:
                        detail={"window": self.policy.restart_window, "error": self.last_exit["error"]})
             return
         self.failures += 1
-        self.restarts += 1
         restart_in = backoff_delay(self.policy, self.failures) if self.policy.restart != "never" else None
         if restart_in is not None:
+            self.restarts += 1
             self.restart_times.append(now)
         self._set_state(State.BACKOFF if restart_in is not None else State.EXITED)
         self._emit("crashed", runtime=0.0, restart_in=restart_in, detail={"error": self.last_exit["error"]})
