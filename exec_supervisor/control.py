@@ -1,4 +1,4 @@
-"""The control API: HTTP with JSON bodies on a Unix socket, served by aiohttp on the daemon's loop.
+"""The control API: HTTP with JSON bodies on a Unix socket, served on the daemon's loop (see httpserver).
 
 Every handler runs on the supervision loop, so each one does a bounded amount of
 work between awaits: a log tail reads at most MAX_TAIL_BYTES, a follow stream
@@ -31,13 +31,13 @@ import socket
 import stat
 import time
 from pathlib import Path
-from typing import Any, Awaitable, Callable
-
-from aiohttp import web
+from typing import Any, Callable
 
 from . import __version__
 from .config import parse_ids
 from .events import Event, format_message
+from .httpserver import (HttpError as ApiError, HttpServer, Request, Response, Router, StreamResponse,
+                         json_response as _json)
 from .instance import AT_REST, Instance, State
 
 log = logging.getLogger("exec_supervisor")
@@ -58,28 +58,6 @@ TYPE_RE = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
 EXEC_ID_RE = re.compile(r"ET-[A-Za-z][A-Za-z0-9_]*-[0-9]+")
 
 
-class _OneLineDebug(logging.Filter):
-    """aiohttp logs a malformed request (a client's mistake) with a traceback: make it one debug line."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        exc = record.exc_info[1] if record.exc_info else None
-        detail = " ".join(str(getattr(exc, "message", exc)).split())[:200] if exc else ""
-        log.debug("control API: bad request: %s", detail or record.getMessage().strip())
-        return False
-
-
-_http_log = logging.getLogger("exec_supervisor.control.http")
-_http_log.addFilter(_OneLineDebug())
-
-
-class ApiError(Exception):
-    def __init__(self, status: int, message: str, **extra: Any) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.extra = extra
-
-
 class StartupError(Exception):
     """The control socket cannot be set up; `exit_code` follows the CLI's convention."""
 
@@ -88,49 +66,11 @@ class StartupError(Exception):
         self.exit_code = exit_code
 
 
-def _json(data: Any, status: int = 200) -> web.Response:
-    return web.Response(
-        text=json.dumps(data, default=str, ensure_ascii=False) + "\n",
-        status=status,
-        content_type="application/json",
-    )
-
-
-def _error(status: int, message: str, **extra: Any) -> web.Response:
-    return _json({"error": message, **extra}, status)
-
-
-_HTTP_MESSAGES = {
-    404: "no such endpoint: {method} {path} (GET /v1 lists the endpoints)",
-    405: "{method} is not allowed on {path}",
-    413: f"request body too large (at most {MAX_BODY} bytes)",
-}
-
-
-@web.middleware
-async def _errors(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
-    try:
-        return await handler(request)
-    except ApiError as exc:
-        return _error(exc.status, exc.message, **exc.extra)
-    except web.HTTPException as exc:
-        if exc.status < 400:
-            raise
-        template = _HTTP_MESSAGES.get(exc.status)
-        message = template.format(method=request.method, path=request.path) if template else (exc.reason or "bad request")
-        return _error(exc.status, message)
-    except (asyncio.CancelledError, ConnectionError):
-        raise
-    except Exception as exc:  # a bug in a handler: report it, keep supervising
-        log.exception("control API: %s %s failed", request.method, request.path)
-        return _error(500, f"internal error ({type(exc).__name__}: {exc}); the daemon keeps running")
-
-
 # --------------------------------------------------------------------------- request parsing
 
 
-async def _body(request: web.Request) -> dict[str, Any]:
-    raw = await request.read()  # aiohttp enforces client_max_size (413)
+async def _body(request: Request) -> dict[str, Any]:
+    raw = await request.read()  # at most MAX_BODY (413)
     if not raw.strip():
         return {}
     try:
@@ -333,7 +273,7 @@ class ControlServer:
 
     def __init__(self) -> None:
         self.daemon: Any = None
-        self.runner: web.AppRunner | None = None
+        self.server: HttpServer | None = None
         self.path: Path | None = None
         self._socket_ino: int | None = None
         self.ring: collections.deque[Event] = collections.deque(maxlen=EVENT_RING)
@@ -348,48 +288,44 @@ class ControlServer:
     async def start(self, daemon: Any) -> None:
         self.daemon = daemon
         self._unsubscribe = daemon.bus.subscribe(self._on_event)
-        app = web.Application(client_max_size=MAX_BODY, middlewares=[_errors])
-        app.router.add_get(API, self.index)
-        app.router.add_get(API + "/", self.index)
-        app.router.add_get(API + "/health", self.health)
-        app.router.add_get(API + "/status", self.status)
-        app.router.add_get(API + "/events", self.events)
-        app.router.add_get(API + "/logs/{exec_id}", self.logs)
-        app.router.add_post(API + "/scale", self.scale)
-        app.router.add_post(API + "/start", self.start_cmd)
-        app.router.add_post(API + "/stop", self.stop_cmd)
-        app.router.add_post(API + "/restart", self.restart_cmd)
-        app.router.add_post(API + "/reload", self.reload)
-        app.router.add_post(API + "/shutdown", self.shutdown)
-        self.runner = web.AppRunner(
-            app, handle_signals=False, access_log=None, logger=_http_log, keepalive_timeout=30, shutdown_timeout=2.0,
-            max_line_size=8190, max_field_size=8190,
-        )
-        await self.runner.setup()
+        router = Router()
+        router.add("GET", API, self.index)
+        router.add("GET", API + "/", self.index)
+        router.add("GET", API + "/health", self.health)
+        router.add("GET", API + "/status", self.status)
+        router.add("GET", API + "/events", self.events)
+        router.add("GET", API + "/logs/{exec_id}", self.logs)
+        router.add("POST", API + "/scale", self.scale)
+        router.add("POST", API + "/start", self.start_cmd)
+        router.add("POST", API + "/stop", self.stop_cmd)
+        router.add("POST", API + "/restart", self.restart_cmd)
+        router.add("POST", API + "/reload", self.reload)
+        router.add("POST", API + "/shutdown", self.shutdown)
+        server = HttpServer(router, max_body=MAX_BODY)
         path = Path(daemon.config.socket_path)
         self.path = path
         self._prepare_path(path)
         mode = daemon.config.control.socket_mode
         gid = self._group_id(daemon.config.control.group)
-        site = web.UnixSite(self.runner, str(path), shutdown_timeout=2.0)
         # The socket is born 0600 (umask), handed to its group, then opened up to the configured
         # mode: there is no moment where it is looser than configured. Nothing is spawned yet,
         # so no child inherits the temporary umask.
         old_umask = os.umask(0o177)
         try:
-            await site.start()
+            await server.start_unix(str(path))
         except OSError as exc:
-            await self.runner.cleanup()
             raise StartupError(f"control socket {path}: cannot listen: {exc.strerror or exc}") from None
         finally:
             os.umask(old_umask)
+        self.server = server
         try:
             if gid is not None:
                 os.chown(path, -1, gid)
             os.chmod(path, mode)
             self._socket_ino = os.stat(path).st_ino
         except OSError as exc:
-            await self.runner.cleanup()
+            await server.close()
+            self.server = None
             self._unlink_ours()
             raise StartupError(
                 f"control socket {path}: cannot set group {daemon.config.control.group!r} / mode {mode:04o}: "
@@ -409,9 +345,9 @@ class ControlServer:
         if self._unsubscribe is not None:
             self._unsubscribe()
             self._unsubscribe = None
-        if self.runner is not None:
-            await self.runner.cleanup()
-            self.runner = None
+        if self.server is not None:
+            await self.server.close()
+            self.server = None
         self._unlink_ours()
 
     def _prepare_path(self, path: Path) -> None:
@@ -542,7 +478,7 @@ class ControlServer:
 
     # ------------------------------------------------------------------ read-only endpoints
 
-    async def index(self, request: web.Request) -> web.Response:
+    async def index(self, request: Request) -> Response:
         return _json({
             "service": "exec-supervisor", "version": __version__,
             "endpoints": [
@@ -557,11 +493,11 @@ class ControlServer:
             return "stopping"
         return "running"
 
-    async def health(self, request: web.Request) -> web.Response:
+    async def health(self, request: Request) -> Response:
         return _json({"ok": True, "pid": os.getpid(), "version": __version__, "state": self._state(),
                       "name": self.daemon.config.name})
 
-    async def status(self, request: web.Request) -> web.Response:
+    async def status(self, request: Request) -> Response:
         target = request.query.get("target") or "all"
         instances = self.select(target)
         engine = self.engine
@@ -611,7 +547,7 @@ class ControlServer:
         }
         return _json({"supervisor": supervisor, "types": types, "instances": rows})
 
-    async def events(self, request: web.Request) -> web.StreamResponse:
+    async def events(self, request: Request) -> StreamResponse:
         n = _count(request.query.get("n"), "n", 50, EVENT_RING)
         follow = _flag(request.query.get("follow"), "follow", False)
         recent = list(self.ring)[-n:] if n else []
@@ -620,7 +556,7 @@ class ControlServer:
                           "forwarding": self.daemon.forwarder is not None, "backlog": self._backlog()})
         queue: asyncio.Queue[Event | None] = asyncio.Queue(FOLLOW_QUEUE)
         self._followers.add(queue)
-        response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
+        response = StreamResponse("application/x-ndjson")
         try:
             await response.prepare(request)
             for event in recent:
@@ -629,7 +565,7 @@ class ControlServer:
                 try:
                     event = await asyncio.wait_for(queue.get(), 1.0)
                 except asyncio.TimeoutError:
-                    if _gone(request):
+                    if request.gone():
                         break
                     continue
                 if event is None:
@@ -645,7 +581,7 @@ class ControlServer:
     def _line(self, event: Event) -> bytes:
         return (json.dumps(self._event_dict(event), default=str, ensure_ascii=False) + "\n").encode()
 
-    async def logs(self, request: web.Request) -> web.StreamResponse:
+    async def logs(self, request: Request) -> StreamResponse:
         exec_id = request.match_info.get("exec_id", "")
         if not EXEC_ID_RE.fullmatch(exec_id):
             shown = exec_id if len(exec_id) <= 80 else exec_id[:77] + "..."
@@ -659,8 +595,8 @@ class ControlServer:
         path = instance.log_path  # built from log_dir and the farm's own exec id: no request text in it
         tail, offset = read_tail(path, n)
         if not follow:
-            return web.Response(body=tail, content_type="text/plain", charset="utf-8")
-        response = web.StreamResponse(headers={"Content-Type": "text/plain; charset=utf-8"})
+            return Response(tail, content_type="text/plain; charset=utf-8")
+        response = StreamResponse("text/plain; charset=utf-8")
         follower = LogFollower(path, offset)
         try:
             await response.prepare(request)
@@ -672,7 +608,7 @@ class ControlServer:
                     await response.write(data)
                     if len(data) >= FOLLOW_CHUNK:
                         continue  # more is waiting; the write above already yielded to the loop
-                if _gone(request):
+                if request.gone():
                     break
                 try:
                     await asyncio.wait_for(self._closing.wait(), FOLLOW_POLL_SECONDS)
@@ -685,7 +621,7 @@ class ControlServer:
 
     # ------------------------------------------------------------------ commands
 
-    async def scale(self, request: web.Request) -> web.Response:
+    async def scale(self, request: Request) -> Response:
         body = await _body(request)
         self._check_running()
         changes = body.get("scale")
@@ -742,7 +678,7 @@ class ControlServer:
                         "last_exit": instance.last_exit if instance else None})
         return out
 
-    async def _command_args(self, request: web.Request) -> tuple[list[Instance], dict[str, Any], bool, float | None]:
+    async def _command_args(self, request: Request) -> tuple[list[Instance], dict[str, Any], bool, float | None]:
         body = await _body(request)
         self._check_running()
         instances = self.select(body.get("target"))
@@ -750,20 +686,20 @@ class ControlServer:
         timeout = _number(body.get("timeout"), "timeout", None, 0, MAX_WAIT_SECONDS)
         return instances, body, wait, timeout
 
-    async def start_cmd(self, request: web.Request) -> web.Response:
+    async def start_cmd(self, request: Request) -> Response:
         instances, body, wait, timeout = await self._command_args(request)
         instances = self.engine.not_retiring(instances)
         await self.engine.start_instances(instances)
         budget = timeout if timeout is not None else self._max_policy(instances, "start_seconds", 3.0) + 30
         return await self._settled(body["target"], instances, wait, budget, (State.RUNNING,))
 
-    async def stop_cmd(self, request: web.Request) -> web.Response:
+    async def stop_cmd(self, request: Request) -> Response:
         instances, body, wait, timeout = await self._command_args(request)
         await self.engine.stop_instances(instances)
         budget = timeout if timeout is not None else self._max_policy(instances, "stop_timeout", 10.0) + 10
         return await self._settled(body["target"], instances, wait, budget, AT_REST)
 
-    async def restart_cmd(self, request: web.Request) -> web.Response:
+    async def restart_cmd(self, request: Request) -> Response:
         instances, body, wait, timeout = await self._command_args(request)
         instances = self.engine.not_retiring(instances)
         rolling = _flag(body.get("rolling"), "rolling", False)
@@ -784,7 +720,7 @@ class ControlServer:
         return await self._settled(body["target"], instances, wait, budget, (State.RUNNING,))
 
     async def _settled(self, target: str, instances: list[Instance], wait: bool, budget: float,
-                       states: tuple[State, ...]) -> web.Response:
+                       states: tuple[State, ...]) -> Response:
         answer: dict[str, Any] = {"ok": True, "target": target, "instances": [i.spec.exec_id for i in instances]}
         if not wait or not instances:
             return _json(answer)
@@ -809,7 +745,7 @@ class ControlServer:
             answer["error"] = f"{len(lagging)} of {len(instances)} instance(s) did not reach {wanted}"
         return _json(answer)
 
-    async def reload(self, request: web.Request) -> web.Response:
+    async def reload(self, request: Request) -> Response:
         await _body(request)
         self._check_running()
         result = await self.daemon.reload()
@@ -817,7 +753,7 @@ class ControlServer:
             return _json({"error": "the new config has errors; nothing was changed", **result}, 422)
         return _json(result)
 
-    async def shutdown(self, request: web.Request) -> web.Response:
+    async def shutdown(self, request: Request) -> Response:
         await _body(request)
         running = self.engine.live_count()
         already = self._stopping or self.engine.stopping
@@ -841,7 +777,4 @@ def compact_ids(ids: Any) -> str:
     return ",".join(parts)
 
 
-def _gone(request: web.Request) -> bool:
-    transport = request.transport
-    return transport is None or transport.is_closing()
 

@@ -326,6 +326,59 @@ def test_refused_targets_and_malformed_requests(farm: Farm) -> None:
     assert farm.stop() == 0
 
 
+def _read_until_closed(sock: socket.socket) -> bytes:
+    data = b""
+    while chunk := sock.recv(65536):
+        data += chunk
+    return data
+
+
+def test_http_keep_alive_pipelining_limits_and_prompt_close(farm: Farm) -> None:
+    farm.write({"A": sleeper(count=1)})
+    farm.start(wait_instances=1)
+    path = str(farm.state_dir / "control.sock")
+
+    def connect() -> socket.socket:
+        client = socket.socket(socket.AF_UNIX)
+        client.connect(path)  # blocking: a full listen backlog makes a timed connect fail with EAGAIN
+        client.settimeout(10)
+        return client
+
+    with connect() as client:  # two pipelined requests on one connection, then a close
+        client.sendall(b"GET /v1/health HTTP/1.1\r\nHost: x\r\n\r\n"
+                       b"HEAD /v1/health HTTP/1.1\r\nHost: x\r\n\r\n"
+                       b"GET /v1/health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        answers = _read_until_closed(client)
+    assert answers.count(b"HTTP/1.1 200 OK") == 3, answers
+    assert answers.count(b'"ok": true') == 2, "HEAD answers without a body"
+
+    with connect() as client:  # a head that never ends is cut off, not buffered forever
+        client.sendall(b"GET /v1/health HTTP/1.1\r\nX-Big: " + b"a" * (64 * 1024))
+        assert re.match(rb"HTTP/1\.1 431 .*bad HTTP request", _read_until_closed(client), re.S)
+
+    crowd = [connect() for _ in range(128)]
+    try:
+        # the server has taken the first 128 when a request on the last one is answered
+        crowd[-1].sendall(b"GET /v1/health HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert crowd[-1].recv(100).startswith(b"HTTP/1.1 200")
+        with connect() as extra:
+            refusal = _read_until_closed(extra)
+            assert refusal.startswith(b"HTTP/1.1 503") and b"too many control connections" in refusal, refusal
+        crowd.pop().close()
+        wait_until(lambda: api(farm).call("GET", "/v1/health")[0] == 200, what="room again after a close")
+
+        follower = connect()  # a follow stream and 127 idle keep-alive connections do not hold up the exit
+        crowd.append(follower)
+        follower.sendall(b"GET /v1/events?follow=1&n=0 HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert follower.recv(100).startswith(b"HTTP/1.1 200")
+        assert farm.stop() == 0
+        assert _read_until_closed(follower).endswith(b"0\r\n\r\n"), "the stream ends with its last chunk"
+    finally:
+        for client in crowd:
+            client.close()
+    assert "Traceback" not in farm.log()
+
+
 def test_socket_mode_and_group(farm: Farm) -> None:
     farm.write({"A": sleeper(count=1)}, control={"socket_mode": "0660", "group": "no-such-group-here"})
     result = subprocess.run([sys.executable, "-m", "exec_supervisor.cli", "start", str(farm.config_path)],

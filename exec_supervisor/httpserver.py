@@ -1,0 +1,309 @@
+"""A small HTTP/1.1 server on asyncio streams: h11 speaks the protocol, this module moves bytes.
+
+Why not aiohttp: the control API needs a dozen routes on one Unix socket, and
+aiohttp (with multidict, yarl, frozenlist, ...) costs the daemon about 14 MiB of
+RSS, a quarter of its footprint. h11 is a pure-Python, I/O-free HTTP/1.1 state
+machine (~0.1 MiB); what is left here is the connection loop h11 asks its users
+to write: read, feed, dispatch, send.
+
+Every request runs on the daemon's loop. A connection that sends nothing for
+IDLE_TIMEOUT is closed; a request head larger than MAX_HEAD or a body larger
+than the server's max_body is refused (431/413); bytes that are not HTTP get a
+400. Handler failures become 500 JSON answers: no request can take the loop down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+from typing import Any, Awaitable, Callable
+from urllib.parse import parse_qsl, unquote, urlsplit
+
+import h11
+
+log = logging.getLogger("exec_supervisor")
+
+MAX_HEAD = 16 * 1024
+IDLE_TIMEOUT = 30.0
+READ_CHUNK = 64 * 1024
+MAX_CONNECTIONS = 128
+CLOSE_GRACE = 2.0
+
+REASONS = {200: "OK", 202: "Accepted", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed",
+           409: "Conflict", 413: "Content Too Large", 422: "Unprocessable Content", 431: "Request Header Fields "
+           "Too Large", 500: "Internal Server Error", 503: "Service Unavailable"}
+
+
+class HttpError(Exception):
+    """Answer this request with `status` and a JSON `{"error": message, **extra}`."""
+
+    def __init__(self, status: int, message: str, **extra: Any) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.extra = extra
+
+
+class Response:
+    def __init__(self, body: bytes = b"", status: int = 200,
+                 content_type: str = "application/json") -> None:
+        self.body = body
+        self.status = status
+        self.content_type = content_type
+
+
+def json_response(data: Any, status: int = 200) -> Response:
+    text = json.dumps(data, default=str, ensure_ascii=False) + "\n"
+    return Response(text.encode(), status)
+
+
+def error_response(status: int, message: str, **extra: Any) -> Response:
+    return json_response({"error": message, **extra}, status)
+
+
+class _Connection:
+    """One client: the h11 state machine plus the stream pair under it."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+        self.h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD)
+
+    async def next_event(self, timeout: float) -> Any:
+        while True:
+            event = self.h11.next_event()
+            if event is not h11.NEED_DATA:
+                return event
+            data = await asyncio.wait_for(self.reader.read(READ_CHUNK), timeout)
+            self.h11.receive_data(data)  # b"" tells h11 the peer closed its side
+
+    async def send(self, *events: Any) -> None:
+        for event in events:
+            data = self.h11.send(event)
+            if data:
+                self.writer.write(data)
+        await self.writer.drain()
+
+    def gone(self) -> bool:
+        """The client hung up (seen without reading: the protocol fed EOF or an error to the reader)."""
+        return self.writer.is_closing() or self.reader.at_eof() or self.reader.exception() is not None
+
+
+class Request:
+    def __init__(self, event: h11.Request, connection: _Connection, max_body: int) -> None:
+        self.method = event.method.decode("ascii", "replace").upper()
+        target = event.target.decode("ascii", "replace")
+        parts = urlsplit(target)
+        self.path = unquote(parts.path)
+        # a repeated key keeps its first value, as in aiohttp's request.query.get()
+        self.query: dict[str, str] = {}
+        for key, value in parse_qsl(parts.query, keep_blank_values=True):
+            self.query.setdefault(key, value)
+        self.headers = {name.decode("latin-1").lower(): value.decode("latin-1") for name, value in event.headers}
+        self.match_info: dict[str, str] = {}
+        self._connection = connection
+        self._max_body = max_body
+        self._body: bytes | None = None
+
+    async def read(self) -> bytes:
+        """The whole body (at most max_body bytes, else 413)."""
+        if self._body is None:
+            declared = self.headers.get("content-length", "")
+            if declared.isdigit() and int(declared) > self._max_body:
+                raise HttpError(413, f"request body too large (at most {self._max_body} bytes)")
+            chunks: list[bytes] = []
+            size = 0
+            while True:
+                event = await self._connection.next_event(IDLE_TIMEOUT)
+                if isinstance(event, h11.Data):
+                    size += len(event.data)
+                    if size > self._max_body:
+                        raise HttpError(413, f"request body too large (at most {self._max_body} bytes)")
+                    chunks.append(event.data)
+                elif isinstance(event, h11.EndOfMessage):
+                    break
+                else:  # the client closed mid-body
+                    raise ConnectionResetError("the client closed the connection before sending its body")
+            self._body = b"".join(chunks)
+        return self._body
+
+    def gone(self) -> bool:
+        return self._connection.gone()
+
+
+class StreamResponse:
+    """A response written piece by piece (chunked), for follow streams."""
+
+    def __init__(self, content_type: str) -> None:
+        self.content_type = content_type
+        self._connection: _Connection | None = None
+        self._head_only = False
+
+    async def prepare(self, request: Request) -> None:
+        self._connection = request._connection
+        self._head_only = request.method == "HEAD"
+        await self._connection.send(h11.Response(status_code=200, headers=[("Content-Type", self.content_type)],
+                                                 reason=b"OK"))
+
+    async def write(self, data: bytes) -> None:
+        if self._connection is None:
+            raise RuntimeError("write() before prepare()")
+        if data and not self._head_only:
+            await self._connection.send(h11.Data(data=data))
+
+    async def write_eof(self) -> None:
+        if self._connection is not None and self._connection.h11.our_state is h11.SEND_BODY:
+            await self._connection.send(h11.EndOfMessage())
+
+
+Handler = Callable[[Request], Awaitable["Response | StreamResponse"]]
+
+
+class Router:
+    """Exact paths, and paths with one `{name}` segment matching [^/]+."""
+
+    def __init__(self) -> None:
+        self._routes: list[tuple[re.Pattern[str], dict[str, Handler]]] = []
+
+    def add(self, method: str, path: str, handler: Handler) -> None:
+        pattern = re.compile("".join(
+            f"(?P<{part[1:-1]}>[^/]+)" if part.startswith("{") and part.endswith("}") else re.escape(part)
+            for part in re.split(r"(\{[a-z_]+\})", path)))
+        for existing, methods in self._routes:
+            if existing.pattern == pattern.pattern:
+                methods[method] = handler
+                return
+        self._routes.append((pattern, {method: handler}))
+
+    def resolve(self, request: Request) -> Handler:
+        for pattern, methods in self._routes:
+            match = pattern.fullmatch(request.path)
+            if match is None:
+                continue
+            method = "GET" if request.method == "HEAD" else request.method
+            handler = methods.get(method)
+            if handler is None:
+                raise HttpError(405, f"{request.method} is not allowed on {request.path}")
+            request.match_info = match.groupdict()
+            return handler
+        raise HttpError(404, f"no such endpoint: {request.method} {request.path} (GET /v1 lists the endpoints)")
+
+
+class HttpServer:
+    """Serves a Router on a Unix socket; `close()` ends every connection within CLOSE_GRACE."""
+
+    def __init__(self, router: Router, max_body: int) -> None:
+        self.router = router
+        self.max_body = max_body
+        self._server: asyncio.AbstractServer | None = None
+        self._connections: set[asyncio.Task[None]] = set()
+        self._idle: set[asyncio.Task[None]] = set()  # waiting for a request: safe to cancel at once
+        self._closing = False
+
+    async def start_unix(self, path: str) -> None:
+        self._server = await asyncio.start_unix_server(self._serve, path, limit=READ_CHUNK)
+
+    async def close(self) -> None:
+        self._closing = True
+        if self._server is not None:
+            self._server.close()
+            self._server = None
+        for task in self._idle:
+            task.cancel()
+        if self._connections:
+            # Follow streams end by themselves once the caller's closing flag is set.
+            _, pending = await asyncio.wait(set(self._connections), timeout=CLOSE_GRACE)
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.wait(pending, timeout=CLOSE_GRACE)
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._connections.add(task)
+        connection = _Connection(reader, writer)
+        try:
+            if len(self._connections) > MAX_CONNECTIONS:
+                await self._refuse(connection, 503, f"too many control connections (at most {MAX_CONNECTIONS})")
+                return
+            await self._serve_requests(connection, task)
+        except (ConnectionError, asyncio.TimeoutError, asyncio.CancelledError):
+            pass  # the client went away or went quiet, or the server is closing
+        except h11.RemoteProtocolError as exc:
+            await self._refuse(connection, exc.error_status_hint, f"bad HTTP request: {exc}")
+        except h11.LocalProtocolError as exc:  # a handler wrote out of order: a bug on our side
+            log.error("control API: HTTP protocol error on our side: %s", exc)
+        except Exception:  # never let one connection's failure escape into the loop's exception handler
+            log.exception("control API: connection failed")
+        finally:
+            self._connections.discard(task)
+            self._idle.discard(task)
+            writer.close()
+
+    async def _serve_requests(self, connection: _Connection, task: asyncio.Task[None]) -> None:
+        while not self._closing:
+            self._idle.add(task)
+            try:
+                event = await connection.next_event(IDLE_TIMEOUT)
+            finally:
+                self._idle.discard(task)
+            if isinstance(event, h11.ConnectionClosed) or event is h11.PAUSED:
+                return
+            if not isinstance(event, h11.Request):
+                raise h11.RemoteProtocolError(f"expected a request, got {type(event).__name__}")
+            request = Request(event, connection, self.max_body)
+            response = await self._dispatch(request)
+            if isinstance(response, Response):
+                await self._send(connection, request, response)
+            # Drop an unread body (bounded) so the connection can take the next request.
+            while connection.h11.their_state is h11.SEND_BODY:
+                try:
+                    await request.read()
+                except HttpError:
+                    return
+            if connection.h11.our_state is not h11.DONE or connection.h11.their_state is not h11.DONE:
+                return
+            connection.h11.start_next_cycle()
+
+    async def _dispatch(self, request: Request) -> Response | StreamResponse:
+        try:
+            handler = self.router.resolve(request)
+            return await handler(request)
+        except HttpError as exc:
+            return error_response(exc.status, exc.message, **exc.extra)
+        except (asyncio.CancelledError, ConnectionError, asyncio.TimeoutError, h11.ProtocolError):
+            raise
+        except Exception as exc:  # a bug in a handler: report it, keep supervising
+            log.exception("control API: %s %s failed", request.method, request.path)
+            return error_response(500, f"internal error ({type(exc).__name__}: {exc}); the daemon keeps running")
+
+    @staticmethod
+    async def _send(connection: _Connection, request: Request, response: Response) -> None:
+        headers = [("Content-Type", response.content_type), ("Content-Length", str(len(response.body)))]
+        if response.status == 413:
+            headers.append(("Connection", "close"))  # the rest of that body is not worth reading
+        reason = REASONS.get(response.status, "").encode()
+        events: list[Any] = [h11.Response(status_code=response.status, headers=headers, reason=reason)]
+        if response.body and request.method != "HEAD":
+            events.append(h11.Data(data=response.body))
+        events.append(h11.EndOfMessage())
+        await connection.send(*events)
+
+    @staticmethod
+    async def _refuse(connection: _Connection, status: int, message: str) -> None:
+        """Answer a request we could not parse or will not serve, then close."""
+        log.debug("control API: %s", message)
+        if connection.h11.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
+            return
+        body = (json.dumps({"error": message}) + "\n").encode()
+        headers = [("Content-Type", "application/json"), ("Content-Length", str(len(body))),
+                   ("Connection", "close")]
+        try:
+            await connection.send(h11.Response(status_code=status, headers=headers,
+                                               reason=REASONS.get(status, "").encode()),
+                                  h11.Data(data=body), h11.EndOfMessage())
+        except (ConnectionError, h11.LocalProtocolError):
+            pass
