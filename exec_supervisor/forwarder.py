@@ -7,8 +7,8 @@
           flusher thread ---+--> fsync + state.json about once a second, drop / refusal notices
 
 Supervision never waits for the network: ``sink()`` only renders the event and
-appends one line to the spool. The sender thread (a keep-alive
-``requests.Session``) delivers the oldest pending event and removes it only
+appends one line to the spool. The sender thread (one keep-alive
+connection, see httpclient) delivers the oldest pending event and removes it only
 after a 2xx answer. What it does with other answers:
 
 ==========================  =================================================================
@@ -38,11 +38,10 @@ import time
 from collections import deque
 from datetime import datetime, timezone
 from typing import Any, Callable
-from urllib.parse import urlsplit
-
-import requests
+from urllib.parse import urlencode, urlsplit
 
 from . import messages
+from .httpclient import Answer, Channel, TransportError
 from .events import LEVEL_RANK, Event
 from .spool import Record, Spool, SpoolError
 
@@ -159,11 +158,11 @@ def _read_token_file(config: Any) -> tuple[str | None, str | None]:
 
 
 def _header_safe(token: str) -> bool:
-    """A token goes into an HTTP header: printable ASCII only (requests would echo a bad one in its error)."""
+    """A token goes into an HTTP header: printable ASCII only (a bad one would be echoed in an error)."""
     return token.isascii() and token.isprintable()
 
 
-def _detail(response: requests.Response) -> str:
+def _detail(response: Answer) -> str:
     """The service's `detail`, shortened; never echoes request data."""
     try:
         body = response.json()
@@ -279,7 +278,7 @@ class EventForwarder:
         self._url = config.service.host + LOG_PATH
         self._token_url = config.service.host + TOKEN_PATH
         self._auth: _Auth | None = None
-        self._session: requests.Session | None = None
+        self._channel: Channel | None = None
         self._failures = 0
         self._outage_since: float | None = None
         self._outage_logged = False
@@ -362,9 +361,9 @@ class EventForwarder:
                 self._flusher.join(5.0)
             self._running = False
             self._stopped = True
-            if self._session is not None:
-                self._session.close()
-                self._session = None
+            if self._channel is not None:
+                self._channel.close()
+                self._channel = None
         self._sync_quietly()
 
     def close(self, timeout: float = 0.0) -> None:
@@ -477,9 +476,9 @@ class EventForwarder:
             config, self._reload_config = self._reload_config, None
         if config is not None:
             self._apply_config(config)
-            if self._session is not None:
-                self._session.close()
-                self._session = None
+            if self._channel is not None:
+                self._channel.close()
+                self._channel = None
 
     def _run_sender(self) -> None:
         while True:
@@ -538,19 +537,11 @@ class EventForwarder:
             return min(self.connect_timeout, left), min(self.read_timeout, left)
         return self.connect_timeout, self.read_timeout
 
-    def _http(self) -> requests.Session:
-        if self._session is None:
-            session = requests.Session()
-            # Read the environment (proxies, CA bundle) once per config instead of on every
-            # request (a third of the cost of a local POST), and never pick up ~/.netrc credentials.
-            session.trust_env = False
-            session.proxies.update(requests.utils.get_environ_proxies(self._url))
-            bundle = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE")
-            if bundle:
-                session.verify = bundle
-            session.headers["User-Agent"] = "exec-supervisor"
-            self._session = session
-        return self._session
+    def _http(self) -> Channel:
+        # Proxies and the CA bundle are read from the environment once per config.
+        if self._channel is None:
+            self._channel = Channel(self._url)
+        return self._channel
 
     def _deliver(self, record: Record) -> tuple[str, float]:
         """One attempt; returns (outcome, seconds to wait before the next attempt)."""
@@ -561,17 +552,15 @@ class EventForwarder:
             token = self._token(auth)
         except _AuthProblem as exc:
             return self._refused(str(exc))
-        except requests.RequestException as exc:
-            return self._failed(f"cannot get a token from {self._token_url}: {_reason(exc)}")
+        except TransportError as exc:
+            return self._failed(f"cannot get a token from {self._token_url}: {exc}")
         if token:
             headers["Authorization"] = "Bearer " + token
         try:
-            response = self._http().post(
-                self._url, data=record.data, headers=headers, timeout=self._timeouts(), allow_redirects=False
-            )
-        except requests.RequestException as exc:
-            return self._failed(f"POST {self._url}: {_reason(exc)}")
-        status = response.status_code
+            response = self._http().post(self._url, record.data, headers, self._timeouts())
+        except TransportError as exc:
+            return self._failed(f"POST {self._url}: {exc}")
+        status = response.status
         if 200 <= status < 300:
             self._delivered(record)
             return "sent", 0.0
@@ -599,20 +588,17 @@ class EventForwarder:
             return auth.token
         try:
             self._fetch_token(auth)
-        except requests.RequestException:
+        except TransportError:
             if auth.token is not None and now < auth.expires_at:
                 return auth.token  # renewal failed, the old token still works: try later
             raise
         return auth.token
 
     def _fetch_token(self, auth: _Auth) -> None:
-        response = self._http().post(
-            self._token_url,
-            data={"username": auth.username or "", "password": auth.password or ""},
-            timeout=self._timeouts(),
-            allow_redirects=False,
-        )
-        if response.status_code == 200:
+        form = urlencode({"username": auth.username or "", "password": auth.password or ""}).encode()
+        response = self._http().post(self._token_url, form, {"Content-Type": "application/x-www-form-urlencoded"},
+                                     self._timeouts())
+        if response.status == 200:
             try:
                 body = response.json()
                 token = str(body["access_token"])
@@ -630,18 +616,18 @@ class EventForwarder:
             auth.renew_at = now + max(lifetime * 0.5, min(lifetime * 0.8, lifetime - 60))
             return
         detail = _detail(response)
-        if response.status_code == 401 and "白名单" in detail:
+        if response.status == 401 and "白名单" in detail:
             # The service exempts this address from tokens (and so will not issue one).
             auth.exempt = True
             auth.token = None
             log.info("event forwarder: the service exempts this host from tokens; sending events without one")
             return
-        if response.status_code in (401, 403, 422):
+        if response.status in (401, 403, 422):
             raise _AuthProblem(
                 f"the service refused the username/password from {self._auth_env_names()} "
-                f"at {self._token_url} ({response.status_code} {detail})"
+                f"at {self._token_url} ({response.status} {detail})"
             )
-        raise requests.HTTPError(f"{response.status_code} {detail}")  # 5xx and co: an outage
+        raise TransportError(f"{response.status} {detail}")  # 5xx and co: an outage, retried like one
 
     def _auth_env_names(self) -> str:
         auth = self._config.service.auth
@@ -794,19 +780,7 @@ class EventForwarder:
             self._refusals.update(status=status, reason=detail[:200], file=str(self.dead_letter_path), last_seq=record.seq)
 
 
-def _reason(exc: BaseException) -> str:
-    if isinstance(exc, requests.Timeout):
-        return "timed out"
-    if isinstance(exc, requests.ConnectionError):
-        text = str(exc)
-        for marker in ("Connection refused", "Name or service not known", "No route to host", "Connection reset"):
-            if marker in text:
-                return "connection failed: " + marker.lower()
-        return "connection failed"
-    return exc.__class__.__name__ + (f": {exc}" if str(exc) else "")
-
-
-def _retry_after(response: requests.Response) -> float | None:
+def _retry_after(response: Answer) -> float | None:
     value = response.headers.get("Retry-After")
     if value is None:
         return None

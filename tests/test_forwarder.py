@@ -6,9 +6,11 @@ Timings are shrunk through the forwarder's keyword arguments so the suite stays 
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import re
+import threading
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -521,3 +523,76 @@ def test_an_unusable_token_is_reported_without_the_secret(tmp_path: Path, svc: D
     text = caplog.text + json.dumps(h.fw.backlog()) + json.dumps([e.to_dict() for e in h.published], default=str)
     assert "tok-secret-123" not in text
     assert "holds characters a token cannot have (value not shown)" in caplog.text
+
+
+class _ForwardProxy:
+    """A plain-HTTP forward proxy on 127.0.0.1 that records what it relays."""
+
+    def __init__(self) -> None:
+        import http.client
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+        from urllib.parse import urlsplit
+
+        self.seen: list[tuple[str, str | None]] = []
+        seen = self.seen
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                seen.append((self.path, self.headers.get("Proxy-Authorization")))
+                target = urlsplit(self.path)
+                upstream = http.client.HTTPConnection(target.hostname, target.port, timeout=5)
+                try:
+                    upstream.request("POST", target.path, body=body,
+                                     headers={"Content-Type": self.headers.get("Content-Type", "")})
+                    answer = upstream.getresponse()
+                    data = answer.read()
+                finally:
+                    upstream.close()
+                self.send_response(answer.status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://user:s3cret@127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_http_proxy_from_the_environment_and_no_proxy(tmp_path: Path, svc: DevService,
+                                                      harness: Callable[..., Harness],
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    proxy = _ForwardProxy()
+    try:
+        for name in ("http_proxy", "HTTP_PROXY", "no_proxy", "NO_PROXY", "https_proxy", "HTTPS_PROXY"):
+            monkeypatch.delenv(name, raising=False)
+        monkeypatch.setenv("HTTP_PROXY", proxy.url)
+        (tmp_path / "a").mkdir()
+        h = harness(make_config(tmp_path / "a", svc.url))
+        h.fw.start()
+        h.fw.sink(info(1))
+        assert svc.wait_for(lambda es: len(es) >= 1, 10)
+        path, credentials = proxy.seen[0]
+        assert path == svc.url + "api/bases/logs/", "a plain-HTTP proxy gets the absolute URL"
+        assert credentials == "Basic " + base64.b64encode(b"user:s3cret").decode()
+        h.fw.close()
+
+        monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+        (tmp_path / "b").mkdir()
+        h2 = harness(make_config(tmp_path / "b", svc.url))
+        h2.fw.start()
+        h2.fw.sink(info(2))
+        assert svc.wait_for(lambda es: len(es) >= 2, 10)
+        assert len(proxy.seen) == 1, "NO_PROXY sends straight to the service"
+    finally:
+        proxy.close()
