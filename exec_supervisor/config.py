@@ -538,7 +538,7 @@ _TOP_KEYS = ("service", "supervisor", "defaults", "executors", "events", "contro
 # --------------------------------------------------------------------------- result
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class InstanceSpec:
     """What one instance runs. A change in argv/env/cwd means a restart; policy changes apply in place."""
 
