@@ -39,7 +39,7 @@ class Engine:
         self.bus = bus
         self.supervisor_name = config.name
         self.log_dir = config.log_dir
-        self.base_env = {k: v for k, v in os.environ.items() if k not in PRIVATE_ENV}
+        self.base_env = osproc.encode_env({k: v for k, v in os.environ.items() if k not in PRIVATE_ENV})
         self.instances: dict[str, Instance] = {}
         # Runtime overrides: id sets set by `scale`, instances held stopped by `stop`.
         self.scaled: dict[str, tuple[int, ...]] = {}
@@ -243,12 +243,13 @@ class Engine:
         if not self._state_dirty:
             return
         self._state_dirty = False
+        new = [i.pid for i in self.instances.values() if i.pid is not None and i.pid not in self._create_times]
+        if new:
+            self._create_times.update(osproc.process_start_times(new))
         records = {}
         for exec_id, instance in self.instances.items():
             if instance.pid is None:
                 continue
-            if instance.pid not in self._create_times:
-                self._create_times[instance.pid] = osproc.process_start_time(instance.pid)
             records[exec_id] = {
                 "pid": instance.pid,
                 "create_time": self._create_times[instance.pid],
@@ -396,7 +397,8 @@ def write_json_atomic(path: Path, data: Any) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     with open(tmp, "w") as handle:
-        json.dump(data, handle, separators=(",", ":"))
+        # dumps, not dump: dump takes json's pure-Python encoder and writes piece by piece
+        handle.write(json.dumps(data, separators=(",", ":")))
     os.replace(tmp, path)
 
 

@@ -12,6 +12,9 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable
 
+# messages only formats (translations grow there); imported here once, not on every event
+from . import messages
+
 LEVELS = ("debug", "info", "warning", "error")
 LEVEL_RANK = {name: rank for rank, name in enumerate(LEVELS)}
 
@@ -32,7 +35,7 @@ OUTPUT_TAIL_MAX_BYTES = 2048
 log = logging.getLogger("exec_supervisor")
 
 
-@dataclass
+@dataclass(slots=True)  # the control API keeps the last thousand
 class Event:
     """One lifecycle event. Instance events carry exec_id; supervisor events do not."""
 
@@ -60,8 +63,6 @@ class Event:
 
 def format_message(event: Event, language: str = "en") -> str:
     """The human sentence for an event, prefixed with the sender's identity."""
-    from . import messages  # messages only formats; kept apart so translations grow there
-
     return messages.render(event, language)
 
 

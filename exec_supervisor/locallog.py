@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import time
 
 from .events import Event, format_message
 
@@ -18,9 +19,86 @@ _EVENT_LEVEL = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging
 log = logging.getLogger("exec_supervisor")
 
 
-class _JournalFormatter(logging.Formatter):
+class _LineFormatter(logging.Formatter):
+    """A formatter that can also make its line from a level, a time and a message alone."""
+
+    def line(self, level: int, created: float, message: str) -> str:
+        """What format() gives for a record with these fields and no exception."""
+        raise NotImplementedError
+
+
+class _JournalFormatter(_LineFormatter):
+    def __init__(self) -> None:
+        super().__init__("%(message)s")
+
     def format(self, record: logging.LogRecord) -> str:
         return f"<{_JOURNAL_PRIORITY.get(record.levelname, 6)}>{super().format(record)}"
+
+    def line(self, level: int, created: float, message: str) -> str:
+        return f"<{_JOURNAL_PRIORITY.get(logging.getLevelName(level), 6)}>{message}"
+
+
+class _TerminalFormatter(_LineFormatter):
+    """`asctime levelname message`, with the date and time part of asctime made once a second.
+
+    The stock formatTime pays a localtime(), which stats /etc/localtime, and a strftime
+    for every line, and every state transition is a line.
+    """
+
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)-7s %(message)s")
+        # (second, its text) in one tuple, so a concurrent logging thread never mixes two seconds
+        self._second: tuple[int, str] = (-1, "")
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        if datefmt:
+            return super().formatTime(record, datefmt)
+        return self._asctime(record.created, record.msecs)
+
+    def line(self, level: int, created: float, message: str) -> str:
+        msecs = int((created - int(created)) * 1000)  # as LogRecord computes it
+        return f"{self._asctime(created, msecs)} {logging.getLevelName(level):<7} {message}"
+
+    def _asctime(self, created: float, msecs: float) -> str:
+        second = int(created)
+        cached = self._second
+        if cached[0] != second:
+            cached = self._second = (second, time.strftime(self.default_time_format, self.converter(second)))
+        return self.default_msec_format % (cached[1], msecs)
+
+
+class _StderrHandler(logging.StreamHandler):
+    """The daemon's stderr. Event lines may skip the LogRecord: see event_sink."""
+
+    def __init__(self, formatter: _LineFormatter) -> None:
+        super().__init__(sys.stderr)
+        self.setFormatter(formatter)
+        self._lines = formatter
+
+    def write_line(self, level: int, message: str) -> None:
+        """Write what handling a record of this level and message would."""
+        line = self._lines.line(level, time.time(), message) + self.terminator
+        self.acquire()
+        try:
+            self.stream.write(line)
+            self.stream.flush()
+        except RecursionError:
+            raise
+        except Exception:
+            self.handleError(_event_record(level, message))
+        finally:
+            self.release()
+
+    def takes_all(self, logger: logging.Logger, level: int) -> bool:
+        """True when a record of this level from logger would reach this handler and nothing
+        else, and write_line would write what emit does."""
+        handlers = logger.handlers
+        return (len(handlers) == 1 and handlers[0] is self and not logger.propagate
+                and not logger.filters and not self.filters and level >= self.level
+                and self.formatter is self._lines)
+
+
+_handler: _StderrHandler | None = None
 
 
 def under_journald() -> bool:
@@ -37,12 +115,9 @@ def under_journald() -> bool:
 
 def setup(quiet: bool = False) -> None:
     """Every state transition is logged by default (debug ones too); quiet keeps info and above."""
-    handler = logging.StreamHandler(sys.stderr)
-    if under_journald():
-        handler.setFormatter(_JournalFormatter("%(message)s"))
-    else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(message)s"))
-    log.handlers[:] = [handler]
+    global _handler
+    _handler = _StderrHandler(_JournalFormatter() if under_journald() else _TerminalFormatter())
+    log.handlers[:] = [_handler]
     log.setLevel(logging.INFO if quiet else logging.DEBUG)
     log.propagate = False
 
@@ -50,5 +125,21 @@ def setup(quiet: bool = False) -> None:
 def event_sink(event: Event) -> None:
     """Bus subscriber: the first line of the event's message (no output tail) at its level."""
     level = _EVENT_LEVEL.get(event.level, logging.INFO)
-    if log.isEnabledFor(level):
-        log.log(level, format_message(event).split("\n", 1)[0])
+    if not log.isEnabledFor(level):
+        return
+    message = format_message(event).split("\n", 1)[0]
+    handler = _handler
+    if handler is not None and handler.takes_all(log, level):
+        # Three events per instance restart: a LogRecord and logging's dispatch would cost
+        # about twice what formatting and writing the line does, for the same output.
+        handler.write_line(level, message)
+    else:
+        log.handle(_event_record(level, message))
+
+
+def _event_record(level: int, message: str) -> logging.LogRecord:
+    # Made by hand: log.log would walk the stack (findCaller) for a caller that is always event_sink.
+    return log.makeRecord(log.name, level, __file__, _SINK_LINE, message, None, None, "event_sink")
+
+
+_SINK_LINE = event_sink.__code__.co_firstlineno

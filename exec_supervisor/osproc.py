@@ -34,7 +34,13 @@ _DEFAULT_IN_CHILD = (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGINT, signal.SIGTE
 _home_fd: int | None = None
 
 
-def spawn(argv: tuple[str, ...], env: Mapping[str, str], cwd: str, log_path: Path) -> int:
+def encode_env(env: Mapping[str, str] | Iterable[tuple[str, str]]) -> dict[bytes, bytes]:
+    """An environment encoded for spawn(); encoding the shared part once saves it at every restart."""
+    items = env.items() if isinstance(env, Mapping) else env
+    return {os.fsencode(name): os.fsencode(value) for name, value in items}
+
+
+def spawn(argv: tuple[str, ...], env: Mapping[str, str] | Mapping[bytes, bytes], cwd: str, log_path: Path) -> int:
     """Start argv in its own session (pgid = pid) with stdout+stderr appended to log_path; returns the pid.
 
     posix_spawn (vfork + exec in glibc) costs the daemon a quarter of what subprocess.Popen
@@ -114,6 +120,19 @@ def group_alive(pgid: int) -> bool:
     return signal_group(pgid, 0)
 
 
+def read_proc(path: str) -> bytes:
+    """The whole of a /proc file. Plain os.read: a Python file object costs more than the
+    read itself, and some of these files are read several times per instance restart."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        chunks = []
+        while chunk := os.read(fd, 65536):
+            chunks.append(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
 def children_of_self() -> set[int]:
     """Our direct children, including orphans re-parented to us as subreaper."""
     children: set[int] = set()
@@ -123,8 +142,7 @@ def children_of_self() -> set[int]:
         return children
     for tid in tasks:
         try:
-            with open(f"/proc/self/task/{tid}/children") as handle:
-                children.update(int(pid) for pid in handle.read().split())
+            children.update(map(int, read_proc(f"/proc/self/task/{tid}/children").split()))
         except OSError:
             continue
     return children
@@ -134,8 +152,7 @@ def environ_value(pid: int, name: str) -> str | None:
     """One variable of a process's initial environment (None if gone or unreadable)."""
     prefix = name.encode() + b"="
     try:
-        with open(f"/proc/{pid}/environ", "rb") as handle:
-            data = handle.read()
+        data = read_proc(f"/proc/{pid}/environ")
     except OSError:
         return None
     for item in data.split(b"\0"):
@@ -173,8 +190,7 @@ def _children_by_parent() -> dict[int, list[int]]:
         if not entry.isdigit():
             continue
         try:
-            with open(f"/proc/{entry}/stat", "rb") as handle:
-                stat = handle.read()
+            stat = read_proc(f"/proc/{entry}/stat")
         except OSError:
             continue
         # The command name may hold spaces and parens: fields start after the last ')'.
@@ -183,14 +199,38 @@ def _children_by_parent() -> dict[int, list[int]]:
     return parent_of
 
 
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
 def process_start_time(pid: int) -> float | None:
     """psutil's create_time, used with the pid to recognise the same process later."""
-    import psutil
+    return process_start_times([pid])[pid]
 
+
+def process_start_times(pids: Iterable[int]) -> dict[int, float | None]:
+    """psutil's create_time of each pid (None if gone), from one /proc read per pid.
+
+    Computed as psutil does (start ticks / CLOCK_TICKS + boot time, which moves when the
+    clock is set), so is_running can compare it with psutil's figure. psutil.Process costs
+    several /proc reads per pid, and the state file needs this for every new pid: hundreds
+    per second under churn.
+    """
+    pids = list(pids)
     try:
-        return psutil.Process(pid).create_time()
-    except psutil.Error:
-        return None
+        boot = next(float(line.split()[1]) for line in read_proc("/proc/stat").splitlines()
+                    if line.startswith(b"btime "))
+    except (OSError, StopIteration):
+        return dict.fromkeys(pids)
+    times: dict[int, float | None] = {}
+    for pid in pids:
+        try:
+            stat = read_proc(f"/proc/{pid}/stat")
+        except OSError:
+            times[pid] = None
+            continue
+        # Fields start after the command name's last ')'; starttime (field 22) is the 20th of them.
+        times[pid] = int(stat[stat.rfind(b")") + 2:].split()[19]) / _CLOCK_TICKS + boot
+    return times
 
 
 def is_running(pid: int, start_time: float | None) -> bool:
