@@ -46,7 +46,7 @@ class Host(Protocol):
 
     supervisor_name: str
     log_dir: Path
-    base_env: dict[str, str]
+    base_env: dict[bytes, bytes]  # encoded once: posix_spawn would encode it again at every spawn
 
     def publish(self, event: Event) -> None: ...
     def track(self, instance: "Instance", pid: int) -> None: ...
@@ -64,6 +64,12 @@ def backoff_delay(policy: ExecutorType, failures: int) -> float:
 
 
 class Instance:
+    # A farm holds thousands of these for its whole life: no per-object __dict__.
+    __slots__ = ("spec", "policy", "host", "state", "want_running", "pid", "started_at", "started_wall",
+                 "restarts", "failures", "restart_times", "last_exit", "log_path", "_log_offset",
+                 "_timer", "_pgid", "_restart_at", "_killed", "_stop_deadline", "_cleanup", "_start_pending",
+                 "_rest_waiters", "_state_waiters")
+
     def __init__(self, spec: InstanceSpec, policy: ExecutorType, host: Host) -> None:
         self.spec = spec
         self.policy = policy
@@ -75,7 +81,8 @@ class Instance:
         self.started_wall = 0.0
         self.restarts = 0
         self.failures = 0  # consecutive exits without reaching running; drives the backoff
-        self.restart_times: deque[float] = deque()
+        # Restarts inside restart_window, kept only while max_restarts is set, and at most that many.
+        self.restart_times: deque[float] | None = None
         self.last_exit: dict[str, Any] | None = None
         self.log_path = host.log_dir / f"{spec.exec_id}.log"
         self._log_offset = 0
@@ -96,7 +103,7 @@ class Instance:
         self.want_running = True
         if self.state in AT_REST:
             self.failures = 0
-            self.restart_times.clear()
+            self.restart_times = None
             if self._cleanup is None:
                 self._spawn()
             else:  # never next to what the last run left behind: _after_cleanup starts it
@@ -196,7 +203,7 @@ class Instance:
         if restart_due:
             self.failures += 1
             self.restarts += 1
-            self.restart_times.append(now)
+            self._count_restart(now)
             restart_in = backoff_delay(self.policy, self.failures)
             self._restart_at = now + restart_in
             self._set_state(State.BACKOFF)
@@ -221,8 +228,7 @@ class Instance:
     def _spawn(self) -> None:
         self._set_state(State.STARTING)
         spec = self.spec
-        env = dict(self.host.base_env)
-        env.update(spec.env)
+        env = {**self.host.base_env, **osproc.encode_env(spec.env)}
         self._log_offset = osproc.file_size(self.log_path)
         self.started_at = time.monotonic()
         self.started_wall = time.time()
@@ -255,20 +261,31 @@ class Instance:
         restart_in = backoff_delay(self.policy, self.failures) if self.policy.restart != "never" else None
         if restart_in is not None:
             self.restarts += 1
-            self.restart_times.append(now)
+            self._count_restart(now)
         self._set_state(State.BACKOFF if restart_in is not None else State.EXITED)
         self._emit("crashed", runtime=0.0, restart_in=restart_in, detail={"error": self.last_exit["error"]})
         if restart_in is not None:
             self._timer = asyncio.get_running_loop().call_later(restart_in, self._restart_now)
 
+    def _count_restart(self, now: float) -> None:
+        limit = self.policy.max_restarts
+        if limit is None:  # nothing to count against: keep nothing (an endless crash loop grows nothing)
+            self.restart_times = None
+            return
+        if self.restart_times is None or self.restart_times.maxlen != limit:  # first, or max_restarts reloaded
+            self.restart_times = deque(self.restart_times or (), maxlen=limit)
+        self.restart_times.append(now)
+
     def _restarts_exhausted(self, now: float) -> bool:
         """True when max_restarts restarts fall within the window (older ones are forgotten)."""
-        if self.policy.max_restarts is None:
+        limit = self.policy.max_restarts
+        if limit is None:
             return False
+        times = self.restart_times
         window_start = now - self.policy.restart_window
-        while self.restart_times and self.restart_times[0] < window_start:
-            self.restart_times.popleft()
-        return len(self.restart_times) >= self.policy.max_restarts
+        while times and times[0] < window_start:
+            times.popleft()
+        return len(times or ()) >= limit
 
     def _restart_now(self) -> None:
         self._timer = None
@@ -345,11 +362,10 @@ class Instance:
                 self._set_state(State.STOPPED)
                 self._emit("stopped", detail={"killed": killed})
             else:
+                # Even an immediate restart waits for the next loop pass: in a crash storm every
+                # exit of the reaped batch is handled (and its event published) before the spawns.
                 delay = max(0.0, self._restart_at - time.monotonic())
-                if delay == 0:
-                    self._spawn()
-                else:
-                    self._timer = asyncio.get_running_loop().call_later(delay, self._restart_now)
+                self._timer = asyncio.get_running_loop().call_later(delay, self._restart_now)
         self._wake_rest_waiters()
 
     def _output_tail(self) -> str:
