@@ -49,7 +49,7 @@ class Engine:
         self._retiring: set[Instance] = set()
         self._create_times: dict[int, float | None] = {}
         self._orphans: dict[str, set[int]] = {}
-        self._orphan_exec_ids: dict[int, str | None] = {}
+        self._orphan_exec_ids: dict[int, str] = {}
         self._orphan_scan_at = -1.0
         self._state_dirty = False
         self._state_handle: asyncio.TimerHandle | None = None
@@ -72,9 +72,13 @@ class Engine:
             self._orphan_scan_at = now
             by_exec: dict[str, set[int]] = {}
             for pid in osproc.children_of_self() - self._by_pid.keys():
-                if pid not in self._orphan_exec_ids:
-                    self._orphan_exec_ids[pid] = osproc.environ_value(pid, "ET_EXEC_ID")
-                owner = self._orphan_exec_ids[pid]
+                owner = self._orphan_exec_ids.get(pid)
+                if owner is None:
+                    # Only a found id is kept: a process caught in the middle of an exec shows an
+                    # empty environment for a moment, and must be asked again next time.
+                    owner = osproc.environ_value(pid, "ET_EXEC_ID")
+                    if owner:
+                        self._orphan_exec_ids[pid] = owner
                 if owner:
                     by_exec.setdefault(owner, set()).add(pid)
             self._orphans = by_exec
@@ -177,7 +181,12 @@ class Engine:
         self._log_handle = loop.call_later(LOG_CHECK_SECONDS, self._check_logs)
 
     def _on_sigchld(self) -> None:
-        for pid, status in osproc.reap():
+        reaped = osproc.reap()
+        if reaped:
+            # A main process's children were re-parented to us as it died: an orphan scan
+            # made before this batch cannot know them.
+            self._orphan_scan_at = -1.0
+        for pid, status in reaped:
             self._orphan_exec_ids.pop(pid, None)
             self._create_times.pop(pid, None)
             instance = self._by_pid.pop(pid, None)

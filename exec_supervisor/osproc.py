@@ -148,17 +148,39 @@ def children_of_self() -> set[int]:
     return children
 
 
+# How long to wait out an exec in progress: its new environment is set up within a millisecond.
+EXEC_WINDOW_SECONDS = 0.005
+
+
 def environ_value(pid: int, name: str) -> str | None:
-    """One variable of a process's initial environment (None if gone or unreadable)."""
+    """One variable of a process's initial environment (None if gone, a zombie or unreadable).
+
+    During an execve the environment reads as empty for a moment. A leftover that execs as its
+    parent dies (a daemonizing executor) is caught in that window just when we look for it,
+    so an empty answer from a live process is read again, for at most EXEC_WINDOW_SECONDS.
+    """
     prefix = name.encode() + b"="
-    try:
-        data = read_proc(f"/proc/{pid}/environ")
-    except OSError:
-        return None
+    deadline = time.monotonic() + EXEC_WINDOW_SECONDS
+    while True:
+        try:
+            data = read_proc(f"/proc/{pid}/environ")
+        except OSError:
+            return None
+        if data or time.monotonic() > deadline or _is_zombie(pid):
+            break
+        time.sleep(0.0002)
     for item in data.split(b"\0"):
         if item.startswith(prefix):
             return item[len(prefix):].decode(errors="replace")
     return None
+
+
+def _is_zombie(pid: int) -> bool:
+    try:
+        stat = read_proc(f"/proc/{pid}/stat")
+    except OSError:
+        return True  # gone: as final as a zombie
+    return stat[stat.rfind(b")") + 2:stat.rfind(b")") + 3] in (b"Z", b"X")
 
 
 # One /proc scan serves every caller within this window: when a thousand instances reach

@@ -152,6 +152,40 @@ def test_crash_leftovers_are_stopped_before_the_restart(farm: Farm) -> None:
     assert farm.stop() == 0
 
 
+def test_children_orphaned_at_the_exit_itself_are_stopped_before_the_restart(farm: Farm) -> None:
+    # Twenty instances that daemonize and exit together: each exit re-parents a child to the
+    # daemon at that very moment, while other exits of the same batch are being handled.
+    # Every such child must be stopped as part of that exit, not left for a later one.
+    count = 20
+    farm.write({"Forker": {**farm.program("daemonize"), "count": count, "stop_timeout": 1,
+                           "backoff": {"initial": 1.0, "max": 1.0, "jitter": 0}}})
+    farm.start()
+    assert farm.daemon is not None
+    daemon = psutil.Process(farm.daemon.pid)
+    farm.wait_log("crashed", count=count, timeout=30)
+    deadline = time.monotonic() + 4.0  # four rounds of exits
+    first_seen: dict[int, float] = {}
+    last_seen: dict[int, float] = {}
+    while time.monotonic() < deadline:
+        for child in daemon.children():
+            try:
+                if child.name() == "sleep" and child.status() != psutil.STATUS_ZOMBIE:
+                    # our own clock: psutil's create_time can be off by up to a second (boot time
+                    # in whole seconds)
+                    now = time.monotonic()
+                    first_seen.setdefault(child.pid, now)
+                    last_seen[child.pid] = now
+            except psutil.NoSuchProcess:
+                continue
+        time.sleep(0.02)
+    assert first_seen, "some of the daemonized children were seen alive"
+    longest = max(last_seen[pid] - first_seen[pid] for pid in first_seen)
+    # a child stopped with its parent's exit is gone within milliseconds; one left behind
+    # until the instance's next exit lives through the whole 1 s backoff
+    assert longest < 0.6, f"an orphaned child lived {longest:.2f}s"
+    assert farm.stop() == 0
+
+
 def test_log_rotation_keeps_the_instance_running(farm: Farm) -> None:
     farm.write({"Chatty": {**farm.program("chatty:200"), "count": 1, "log_max_bytes": "64KiB", "log_backups": 2}})
     farm.start(wait_instances=1)

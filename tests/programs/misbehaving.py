@@ -84,6 +84,15 @@ elif mode in ("grandchildren", "crash-leaving"):
         time.sleep(0.3)
         sys.exit(1)
     sleep_forever()
+elif mode == "daemonize":
+    # The classic daemon start: fork a setsid child and exit at once. The child is
+    # re-parented to the supervisor only as this process dies. SIGTERM is left at its default:
+    # a Python handler could take it just before the exec, and the exec'd program never sees it.
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    if os.fork() == 0:
+        os.setsid()
+        os.execvp("sleep", ["sleep", "1000"])  # named "sleep", so tests can tell it from its parent
+    sys.exit(1)
 elif mode == "chatty":
     signal.signal(signal.SIGTERM, term_exits)
     size = int(rest or 100)
