@@ -224,11 +224,6 @@ def _children_by_parent() -> dict[int, list[int]]:
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
-def process_start_time(pid: int) -> float | None:
-    """psutil's create_time, used with the pid to recognise the same process later."""
-    return process_start_times([pid])[pid]
-
-
 def process_start_times(pids: Iterable[int]) -> dict[int, float | None]:
     """psutil's create_time of each pid (None if gone), from one /proc read per pid.
 
