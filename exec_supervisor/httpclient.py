@@ -54,10 +54,10 @@ def describe(exc: BaseException) -> str:
         return "connection failed: connection refused"
     if isinstance(exc, (ConnectionResetError, http.client.RemoteDisconnected, BrokenPipeError)):
         return "connection failed: connection reset"
+    if isinstance(exc, ssl.SSLError):  # before OSError: it is one, and its errno means nothing here
+        return f"TLS error: {exc.reason or exc.__class__.__name__}"
     if isinstance(exc, OSError) and exc.errno is not None:
         return f"connection failed: {os.strerror(exc.errno).lower()}"
-    if isinstance(exc, ssl.SSLError):
-        return f"TLS error: {exc.reason or exc}"
     return exc.__class__.__name__
 
 

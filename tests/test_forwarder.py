@@ -596,3 +596,15 @@ def test_http_proxy_from_the_environment_and_no_proxy(tmp_path: Path, svc: DevSe
         assert len(proxy.seen) == 1, "NO_PROXY sends straight to the service"
     finally:
         proxy.close()
+
+
+def test_a_tls_failure_is_named_as_one_and_events_are_kept(tmp_path: Path, svc: DevService,
+                                                           harness: Callable[..., Harness]) -> None:
+    # https to a plain-HTTP server: the TLS handshake fails on loopback
+    h = harness(make_config(tmp_path, svc.url.replace("http://", "https://")))
+    h.fw.start()
+    h.fw.sink(info(1))
+    wait_until(lambda: h.fw.backlog()["last_error"], what="a delivery error")
+    error = h.fw.backlog()["last_error"]
+    assert "TLS error" in error and "not permitted" not in error, error
+    assert h.fw.backlog()["count"] == 1 and not svc.entries
