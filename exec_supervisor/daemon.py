@@ -169,9 +169,9 @@ class Daemon:
         loop.add_signal_handler(signal.SIGTERM, self.request_stop, "SIGTERM")
         loop.add_signal_handler(signal.SIGINT, self._on_sigint)
         loop.add_signal_handler(signal.SIGHUP, self._on_sighup)
+        self.engine.attach(loop)  # before any thread starts (the forwarder's): see Engine.attach
         self.bus.subscribe(locallog.event_sink)
         self._start_forwarder()
-        self.engine.attach(loop)
         self.engine.load_overrides()
         left = self.engine.stop_previous_leftovers()
         if left:
@@ -200,6 +200,7 @@ class Daemon:
                 log.exception("extension %s.stop failed", type(extension).__name__)
         if self.forwarder is not None:
             await loop.run_in_executor(None, self.forwarder.stop)
+        self.engine.detach(loop)
         return 0
 
     async def _start_extensions(self) -> None:

@@ -2,8 +2,8 @@
 
 Start, stop, scale and reload all change the desired state and call
 `reconcile()`; there is one path that starts, stops or restarts the difference.
-The engine also reaps children (SIGCHLD + waitpid(-1), so orphans adopted as
-subreaper are reaped too), rotates log files and records runtime state.
+The engine also reaps children (SIGCHLD through a signalfd, then waitpid(-1), so
+orphans adopted as subreaper are reaped too), rotates log files and records runtime state.
 """
 
 from __future__ import annotations
@@ -15,12 +15,12 @@ import os
 import signal
 import time
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 from . import osproc
 from .config import ExecutorType, FarmConfig, InstanceSpec
 from .events import Event, EventBus
-from .instance import AT_REST, Instance, State
+from .instance import AT_REST, Cancellable, Instance, State
 
 log = logging.getLogger("exec_supervisor")
 
@@ -54,6 +54,9 @@ class Engine:
         self._state_dirty = False
         self._state_handle: asyncio.TimerHandle | None = None
         self._log_handle: asyncio.TimerHandle | None = None
+        self._child_exit_fd: int | None = None
+        self._after_exits: list[_Pending] = []
+        self._handling_exits = False
         self._reconcile_lock = asyncio.Lock()
         self._state_listeners: list[Any] = []
 
@@ -71,7 +74,7 @@ class Engine:
         if now - self._orphan_scan_at > ORPHAN_SCAN_TTL:
             self._orphan_scan_at = now
             by_exec: dict[str, set[int]] = {}
-            for pid in osproc.children_of_self() - self._by_pid.keys():
+            for pid in osproc.children_of_self_except(self._by_pid.keys()):
                 owner = self._orphan_exec_ids.get(pid)
                 if owner is None:
                     # Only a found id is kept: a process caught in the middle of an exec shows an
@@ -90,6 +93,22 @@ class Engine:
             self._state_handle = asyncio.get_running_loop().call_later(STATE_FLUSH_SECONDS, self._flush_state)
         for listener in self._state_listeners:
             listener(instance)
+
+    def after_exits(self, callback: Callable[[], None]) -> Cancellable:
+        """Run callback once the child exits being handled now are all handled (soon, if none are)."""
+        pending = _Pending(callback)
+        self._after_exits.append(pending)
+        if not self._handling_exits and len(self._after_exits) == 1:
+            asyncio.get_running_loop().call_soon(self._run_after_exits)
+        return pending
+
+    def _run_after_exits(self) -> None:
+        pending, self._after_exits = self._after_exits, []
+        for item in pending:
+            try:
+                item.run()
+            except Exception:  # as the loop does for a failing callback: log it, run the others
+                log.exception("callback %r failed", item)
 
     def on_state_change(self, listener: Any) -> None:
         self._state_listeners.append(listener)
@@ -177,8 +196,28 @@ class Engine:
     # ------------------------------------------------------------------ lifecycle
 
     def attach(self, loop: asyncio.AbstractEventLoop) -> None:
-        loop.add_signal_handler(signal.SIGCHLD, self._on_sigchld)
+        """Watch child exits. Call before starting any thread: threads inherit the blocked SIGCHLD."""
+        try:
+            self._child_exit_fd = osproc.open_child_exit_fd()
+        except OSError as exc:  # no signalfd (a seccomp filter, say): the plain signal handler
+            log.debug("no signalfd (%s): child exits come through a signal handler", exc)
+            loop.add_signal_handler(signal.SIGCHLD, self._on_sigchld)
+        else:
+            loop.add_reader(self._child_exit_fd, self._on_child_exit_fd)
         self._log_handle = loop.call_later(LOG_CHECK_SECONDS, self._check_logs)
+
+    def detach(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Undo attach: the process gets its SIGCHLD back."""
+        if self._child_exit_fd is not None:
+            loop.remove_reader(self._child_exit_fd)
+            osproc.close_child_exit_fd(self._child_exit_fd)
+            self._child_exit_fd = None
+        else:
+            loop.remove_signal_handler(signal.SIGCHLD)
+
+    def _on_child_exit_fd(self) -> None:
+        osproc.drain_child_exit_fd(self._child_exit_fd)  # before reaping: an exit after the reap re-arms it
+        self._on_sigchld()
 
     def _on_sigchld(self) -> None:
         reaped = osproc.reap()
@@ -186,12 +225,24 @@ class Engine:
             # A main process's children were re-parented to us as it died: an orphan scan
             # made before this batch cannot know them.
             self._orphan_scan_at = -1.0
+        exits = []
+        # Untrack the whole batch first: an exit handler's orphan scan counts on every tracked
+        # pid still being our child.
         for pid, status in reaped:
             self._orphan_exec_ids.pop(pid, None)
             self._create_times.pop(pid, None)
             instance = self._by_pid.pop(pid, None)
             if instance is not None:
+                exits.append((instance, status))
+        self._handling_exits = True
+        try:
+            for instance, status in exits:
                 instance.on_exit(status)
+        finally:
+            self._handling_exits = False
+            if self._after_exits:
+                # In this same loop pass: a restart costs no extra wake-up of the loop.
+                self._run_after_exits()
 
     async def shutdown(self) -> None:
         """Stop every instance in parallel, then sweep anything still descending from us."""
@@ -232,6 +283,9 @@ class Engine:
     # ------------------------------------------------------------------ periodic chores
 
     def _check_logs(self) -> None:
+        # Also a safety net: an exit whose SIGCHLD a foreign thread (one started before attach,
+        # by a library) took and discarded is still reaped, if late.
+        self._on_sigchld()
         for instance in self.instances.values():
             if instance.pid is None:
                 continue
@@ -400,6 +454,23 @@ class Engine:
         running = sum(1 for i in self.instances.values() if i.state is State.RUNNING)
         desired = sum(1 for i in self.instances.values() if i.want_running)
         return {"running": running, "desired": desired, "instances": len(self.instances)}
+
+
+class _Pending:
+    """A callback queued by after_exits, cancellable like a loop handle."""
+
+    __slots__ = ("_callback",)
+
+    def __init__(self, callback: Callable[[], None]) -> None:
+        self._callback: Callable[[], None] | None = callback
+
+    def cancel(self) -> None:
+        self._callback = None
+
+    def run(self) -> None:
+        callback, self._callback = self._callback, None
+        if callback is not None:
+            callback()
 
 
 def write_json_atomic(path: Path, data: Any) -> None:

@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import math
 import random
 import signal
 import time
 from collections import deque
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Callable, Protocol
 
 from . import osproc
 from .config import ExecutorType, InstanceSpec
@@ -41,6 +42,10 @@ class State(str, enum.Enum):
 AT_REST = (State.STOPPED, State.EXITED, State.FATAL)
 
 
+class Cancellable(Protocol):
+    def cancel(self) -> None: ...
+
+
 class Host(Protocol):
     """What an instance needs from its engine (kept narrow so instance never imports engine)."""
 
@@ -52,6 +57,17 @@ class Host(Protocol):
     def track(self, instance: "Instance", pid: int) -> None: ...
     def orphans_of(self, exec_id: str) -> set[int]: ...
     def state_changed(self, instance: "Instance") -> None: ...
+    def after_exits(self, callback: Callable[[], None]) -> Cancellable: ...
+
+
+# start_seconds deadlines are rounded up to this grid (timer slack, like Linux's timerslack or
+# systemd's AccuracySec=): instances that come up within the same few milliseconds share one
+# wake-up of the loop, and nobody can tell 20 ms on a start_seconds check.
+TIMER_SLACK = 0.02
+
+
+def with_slack(when: float) -> float:
+    return math.ceil(when / TIMER_SLACK) * TIMER_SLACK
 
 
 def backoff_delay(policy: ExecutorType, failures: int) -> float:
@@ -68,7 +84,7 @@ class Instance:
     __slots__ = ("spec", "policy", "host", "state", "want_running", "pid", "started_at", "started_wall",
                  "restarts", "failures", "restart_times", "last_exit", "log_path", "_log_offset",
                  "_timer", "_pgid", "_restart_at", "_killed", "_stop_deadline", "_cleanup", "_start_pending",
-                 "_rest_waiters", "_state_waiters")
+                 "_rest_waiters", "_state_waiters", "_env")
 
     def __init__(self, spec: InstanceSpec, policy: ExecutorType, host: Host) -> None:
         self.spec = spec
@@ -86,7 +102,7 @@ class Instance:
         self.last_exit: dict[str, Any] | None = None
         self.log_path = host.log_dir / f"{spec.exec_id}.log"
         self._log_offset = 0
-        self._timer: asyncio.TimerHandle | None = None
+        self._timer: Cancellable | None = None
         self._pgid = 0  # the main process's pid: it leads its own session and group
         self._restart_at = 0.0
         self._killed = False  # SIGKILL was needed during the current stop
@@ -95,6 +111,7 @@ class Instance:
         self._start_pending = False  # started while the last run's leftovers were still being stopped
         self._rest_waiters: list[asyncio.Future[None]] = []
         self._state_waiters: list[tuple[tuple[State, ...], asyncio.Future[None]]] = []
+        self._env: dict[bytes, bytes] | None = None
 
     # ------------------------------------------------------------------ commands
 
@@ -137,6 +154,8 @@ class Instance:
     def update(self, spec: InstanceSpec, policy: ExecutorType) -> bool:
         """Adopt a reloaded spec; returns True when the process must restart to pick it up."""
         relaunch = spec.launch_key != self.spec.launch_key
+        if spec.env != self.spec.env:
+            self._env = None
         self.spec = spec
         self.policy = policy
         return relaunch
@@ -228,7 +247,9 @@ class Instance:
     def _spawn(self) -> None:
         self._set_state(State.STARTING)
         spec = self.spec
-        env = {**self.host.base_env, **osproc.encode_env(spec.env)}
+        env = self._env
+        if env is None:  # encoded once, not at every restart
+            env = self._env = {**self.host.base_env, **osproc.encode_env(spec.env)}
         self._log_offset = osproc.file_size(self.log_path)
         self.started_at = time.monotonic()
         self.started_wall = time.time()
@@ -241,9 +262,8 @@ class Instance:
         self.host.track(self, pid)
         self._emit("spawned", pid=pid)
         if self.policy.start_seconds > 0:
-            self._timer = asyncio.get_running_loop().call_later(
-                self.policy.start_seconds, self._on_start_seconds
-            )
+            loop = asyncio.get_running_loop()
+            self._timer = loop.call_at(with_slack(loop.time() + self.policy.start_seconds), self._on_start_seconds)
         else:
             self._on_start_seconds()
 
@@ -362,10 +382,13 @@ class Instance:
                 self._set_state(State.STOPPED)
                 self._emit("stopped", detail={"killed": killed})
             else:
-                # Even an immediate restart waits for the next loop pass: in a crash storm every
-                # exit of the reaped batch is handled (and its event published) before the spawns.
-                delay = max(0.0, self._restart_at - time.monotonic())
-                self._timer = asyncio.get_running_loop().call_later(delay, self._restart_now)
+                delay = self._restart_at - time.monotonic()
+                if delay > 0:
+                    self._timer = asyncio.get_running_loop().call_later(delay, self._restart_now)
+                else:
+                    # In a crash storm every exit of the reaped batch is handled (and its event
+                    # published) before the spawns begin.
+                    self._timer = self.host.after_exits(self._restart_now)
         self._wake_rest_waiters()
 
     def _output_tail(self) -> str:

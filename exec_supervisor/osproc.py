@@ -9,7 +9,7 @@ import shutil
 import signal
 import time
 from pathlib import Path
-from typing import Iterable, Mapping
+from typing import Collection, Iterable, Mapping
 
 PR_SET_CHILD_SUBREAPER = 36
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -64,9 +64,47 @@ def spawn(argv: tuple[str, ...], env: Mapping[str, str] | Mapping[bytes, bytes],
             ],
             setsid=True,
             setsigdef=_DEFAULT_IN_CHILD,
+            setsigmask=(),  # the daemon blocks SIGCHLD (see open_child_exit_fd); executors must not
         )
     finally:
         os.fchdir(_home_fd)
+
+
+class _SigSet(ctypes.Structure):
+    _fields_ = [("bits", ctypes.c_ulong * (1024 // (8 * ctypes.sizeof(ctypes.c_ulong))))]
+
+
+def open_child_exit_fd() -> int:
+    """A signalfd that turns readable when a child exits; SIGCHLD is blocked in this thread.
+
+    Python's signal handling costs an exit two loop passes (the C handler writes the wakeup
+    fd, asyncio's handler writes its self-pipe again) and a Python-level handler call; a
+    signalfd is one readable fd. Threads started afterwards inherit the blocked mask, so no
+    thread takes the signal past the fd. Children get an empty mask from spawn().
+    """
+    mask = _SigSet()
+    _libc.sigemptyset(ctypes.byref(mask))
+    _libc.sigaddset(ctypes.byref(mask), signal.SIGCHLD)
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGCHLD})
+    fd = _libc.signalfd(-1, ctypes.byref(mask), os.O_NONBLOCK | os.O_CLOEXEC)
+    if fd < 0:
+        err = ctypes.get_errno()
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGCHLD})
+        raise OSError(err, os.strerror(err))
+    return fd
+
+
+def drain_child_exit_fd(fd: int) -> None:
+    """Consume the pending SIGCHLD (standard signals do not queue: there is at most one)."""
+    try:
+        os.read(fd, 128 * 8)  # sizeof(struct signalfd_siginfo) is 128
+    except (BlockingIOError, InterruptedError):
+        pass
+
+
+def close_child_exit_fd(fd: int) -> None:
+    os.close(fd)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGCHLD})
 
 
 def reap() -> list[tuple[int, int]]:
@@ -133,19 +171,52 @@ def read_proc(path: str) -> bytes:
         os.close(fd)
 
 
-def children_of_self() -> set[int]:
-    """Our direct children, including orphans re-parented to us as subreaper."""
-    children: set[int] = set()
+# An open /proc/self/task/<tid>/children per thread, re-read with pread: the path lookup of
+# an open costs about as much as the read, and this runs at every instance exit.
+_children_fds: dict[str, int] = {}
+
+
+def _read_children_file(tid: str) -> bytes:
+    fd = _children_fds.get(tid)
+    if fd is None:
+        fd = _children_fds[tid] = os.open(f"/proc/self/task/{tid}/children", os.O_RDONLY | os.O_CLOEXEC)
+    chunks = []
+    offset = 0
+    try:
+        while chunk := os.pread(fd, 65536, offset):
+            chunks.append(chunk)
+            offset += len(chunk)
+    except OSError:
+        del _children_fds[tid]
+        os.close(fd)
+        raise
+    return b"".join(chunks)
+
+
+def children_of_self_except(known: Collection[int]) -> set[int]:
+    """Our direct children (orphans re-parented to us as subreaper among them) not in known.
+
+    known must be children of ours (pids spawned and not yet reaped). Then equal counts mean
+    there is nothing else, which spares parsing the list in the common case.
+    """
     try:
         tasks = os.listdir("/proc/self/task")
     except OSError:
-        return children
+        return set()
+    for gone in _children_fds.keys() - set(tasks):  # threads that ended
+        os.close(_children_fds.pop(gone))
+    lists = []
     for tid in tasks:
         try:
-            children.update(map(int, read_proc(f"/proc/self/task/{tid}/children").split()))
+            lists.append(_read_children_file(tid))
         except OSError:
             continue
-    return children
+    if sum(data.count(b" ") for data in lists) == len(known):  # one "pid " per child
+        return set()
+    children: set[int] = set()
+    for data in lists:
+        children.update(map(int, data.split()))
+    return children.difference(known)
 
 
 # How long to wait out an exec in progress: its new environment is set up within a millisecond.

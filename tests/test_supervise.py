@@ -218,6 +218,34 @@ def test_daemon_threads_do_not_grow_with_instances(tmp_path: Path) -> None:
     assert threads[300] == threads[3], threads
 
 
+def _blocked_signals(status_path: str) -> int:
+    for line in Path(status_path).read_text().splitlines():
+        if line.startswith("SigBlk:"):
+            return int(line.split()[1], 16)
+    raise AssertionError(f"no SigBlk in {status_path}")
+
+
+def test_child_exits_reach_the_daemon_through_every_thread_and_executors_get_a_clean_mask(farm: Farm) -> None:
+    """The daemon takes SIGCHLD from a signalfd: every thread (the forwarder's too) must block it,
+    or a thread could take and discard it; executors must not inherit that blocked mask."""
+    farm.write({"Alpha": {**farm.program("sleep"), "count": 2}}, events={"forward": True})
+    daemon = farm.start(wait_instances=2)
+    tasks = os.listdir(f"/proc/{daemon.pid}/task")
+    assert len(tasks) > 1, "forwarding runs threads of its own"
+    for tid in tasks:
+        blocked = _blocked_signals(f"/proc/{daemon.pid}/task/{tid}/status")
+        assert blocked & (1 << (signal.SIGCHLD - 1)), f"thread {tid} does not block SIGCHLD"
+    before = farm.instances()
+    for pid in before.values():
+        assert _blocked_signals(f"/proc/{pid}/status") == 0, "an executor starts with no signal blocked"
+    os.kill(before["ET-Alpha-0"], signal.SIGKILL)
+    # Well within the 5 s safety-net reap: the exit came through the signalfd.
+    wait_until(lambda: farm.instances().get("ET-Alpha-0") not in (None, before["ET-Alpha-0"]),
+               timeout=2, what="ET-Alpha-0 replaced")
+    assert farm.stop() == 0
+    assert not marked_processes(farm.mark)
+
+
 def test_sigterm_while_starting_stops_everything(farm: Farm) -> None:
     sleep = shutil.which("sleep")
     farm.write({"S": {"command": [sleep, "10000"], "args": [], "count": 400}})
