@@ -47,7 +47,6 @@ class Engine:
         self.stopping = False
         self._by_pid: dict[int, Instance] = {}
         self._retiring: set[Instance] = set()
-        self._create_times: dict[int, float | None] = {}
         self._orphans: dict[str, set[int]] = {}
         self._orphan_exec_ids: dict[int, str] = {}
         self._orphan_scan_at = -1.0
@@ -220,6 +219,10 @@ class Engine:
         self._on_sigchld()
 
     def _on_sigchld(self) -> None:
+        with self.bus.batch():
+            self._handle_exits()
+
+    def _handle_exits(self) -> None:
         reaped = osproc.reap()
         if reaped:
             # A main process's children were re-parented to us as it died: an orphan scan
@@ -230,7 +233,6 @@ class Engine:
         # pid still being our child.
         for pid, status in reaped:
             self._orphan_exec_ids.pop(pid, None)
-            self._create_times.pop(pid, None)
             instance = self._by_pid.pop(pid, None)
             if instance is not None:
                 exits.append((instance, status))
@@ -306,16 +308,14 @@ class Engine:
         if not self._state_dirty:
             return
         self._state_dirty = False
-        new = [i.pid for i in self.instances.values() if i.pid is not None and i.pid not in self._create_times]
-        if new:
-            self._create_times.update(osproc.process_start_times(new))
+        boot = osproc.boot_time()
         records = {}
         for exec_id, instance in self.instances.items():
             if instance.pid is None:
                 continue
             records[exec_id] = {
                 "pid": instance.pid,
-                "create_time": self._create_times[instance.pid],
+                "create_time": None if boot is None else osproc.create_time(boot, instance.started_boottime),
                 "type": instance.spec.type,
                 "id": instance.spec.id,
             }

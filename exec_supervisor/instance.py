@@ -82,7 +82,7 @@ def backoff_delay(policy: ExecutorType, failures: int) -> float:
 class Instance:
     # A farm holds thousands of these for its whole life: no per-object __dict__.
     __slots__ = ("spec", "policy", "host", "state", "want_running", "pid", "started_at", "started_wall",
-                 "restarts", "failures", "restart_times", "last_exit", "log_path", "_log_offset",
+                 "started_boottime", "restarts", "failures", "restart_times", "last_exit", "log_path", "_log_offset",
                  "_timer", "_pgid", "_restart_at", "_killed", "_stop_deadline", "_cleanup", "_start_pending",
                  "_rest_waiters", "_state_waiters", "_env")
 
@@ -95,6 +95,7 @@ class Instance:
         self.pid: int | None = None
         self.started_at = 0.0  # monotonic, of the current process
         self.started_wall = 0.0
+        self.started_boottime = 0.0  # CLOCK_BOOTTIME, which the kernel stamps a new process with
         self.restarts = 0
         self.failures = 0  # consecutive exits without reaching running; drives the backoff
         # Restarts inside restart_window, kept only while max_restarts is set, and at most that many.
@@ -253,6 +254,7 @@ class Instance:
         self._log_offset = osproc.file_size(self.log_path)
         self.started_at = time.monotonic()
         self.started_wall = time.time()
+        self.started_boottime = time.clock_gettime(time.CLOCK_BOOTTIME)
         try:
             pid = osproc.spawn(spec.argv, env, spec.cwd, self.log_path)
         except OSError as exc:

@@ -74,20 +74,34 @@ class _StderrHandler(logging.StreamHandler):
         super().__init__(sys.stderr)
         self.setFormatter(formatter)
         self._lines = formatter
+        self._held: list[str] = []
 
-    def write_line(self, level: int, message: str) -> None:
-        """Write what handling a record of this level and message would."""
-        line = self._lines.line(level, time.time(), message) + self.terminator
+    def hold_line(self, level: int, message: str) -> None:
+        """Queue what handling a record of this level and message would write, until write_held."""
+        self._held.append(self._lines.line(level, time.time(), message) + self.terminator)
+
+    def write_held(self) -> None:
+        if not self._held:
+            return
         self.acquire()
         try:
-            self.stream.write(line)
+            text, self._held = "".join(self._held), []
+            self.stream.write(text)
             self.stream.flush()
         except RecursionError:
             raise
         except Exception:
-            self.handleError(_event_record(level, message))
+            self.handleError(_event_record(logging.ERROR, "cannot write event lines"))
         finally:
             self.release()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.write_held()  # lines stay in the order they were made
+        super().emit(record)
+
+    def flush(self) -> None:
+        self.write_held()
+        super().flush()
 
     def takes_all(self, logger: logging.Logger, level: int) -> bool:
         """True when a record of this level from logger would reach this handler and nothing
@@ -132,9 +146,16 @@ def event_sink(event: Event) -> None:
     if handler is not None and handler.takes_all(log, level):
         # Three events per instance restart: a LogRecord and logging's dispatch would cost
         # about twice what formatting and writing the line does, for the same output.
-        handler.write_line(level, message)
+        # The line is written by flush_events, which the bus calls after the event or batch.
+        handler.hold_line(level, message)
     else:
         log.handle(_event_record(level, message))
+
+
+def flush_events() -> None:
+    """The bus's flush for event_sink: write the held lines in one go."""
+    if _handler is not None:
+        _handler.write_held()
 
 
 def _event_record(level: int, message: str) -> logging.LogRecord:

@@ -7,6 +7,7 @@ import os
 import resource
 import shutil
 import signal
+import threading
 import time
 from pathlib import Path
 from typing import Collection, Iterable, Mapping
@@ -173,10 +174,14 @@ def read_proc(path: str) -> bytes:
 
 # An open /proc/self/task/<tid>/children per thread, re-read with pread: the path lookup of
 # an open costs about as much as the read, and this runs at every instance exit.
-_children_fds: dict[str, int] = {}
+_children_fds: dict[int, int] = {}
+# A read of a seq_file stops short only at its end or when its buffer (at least a page) is
+# full; a shorter answer than this is therefore the whole list, and the read that would
+# return nothing (and walk the list once more) can be skipped.
+_SEQ_COMPLETE_BELOW = 4096 - 64
 
 
-def _read_children_file(tid: str) -> bytes:
+def _read_children_file(tid: int) -> bytes:
     fd = _children_fds.get(tid)
     if fd is None:
         fd = _children_fds[tid] = os.open(f"/proc/self/task/{tid}/children", os.O_RDONLY | os.O_CLOEXEC)
@@ -184,6 +189,8 @@ def _read_children_file(tid: str) -> bytes:
     offset = 0
     try:
         while chunk := os.pread(fd, 65536, offset):
+            if not offset and len(chunk) < _SEQ_COMPLETE_BELOW:
+                return chunk
             chunks.append(chunk)
             offset += len(chunk)
     except OSError:
@@ -196,17 +203,15 @@ def _read_children_file(tid: str) -> bytes:
 def children_of_self_except(known: Collection[int]) -> set[int]:
     """Our direct children (orphans re-parented to us as subreaper among them) not in known.
 
+    A child is listed under the thread that spawned it, an adopted orphan under the main
+    thread (the kernel hands it to the first live thread of the subreaper). The daemon
+    spawns from its event loop thread only, so those two threads' lists are all of them.
+
     known must be children of ours (pids spawned and not yet reaped). Then equal counts mean
     there is nothing else, which spares parsing the list in the common case.
     """
-    try:
-        tasks = os.listdir("/proc/self/task")
-    except OSError:
-        return set()
-    for gone in _children_fds.keys() - set(tasks):  # threads that ended
-        os.close(_children_fds.pop(gone))
     lists = []
-    for tid in tasks:
+    for tid in {os.getpid(), threading.get_native_id()}:
         try:
             lists.append(_read_children_file(tid))
         except OSError:
@@ -295,30 +300,24 @@ def _children_by_parent() -> dict[int, list[int]]:
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
-def process_start_times(pids: Iterable[int]) -> dict[int, float | None]:
-    """psutil's create_time of each pid (None if gone), from one /proc read per pid.
-
-    Computed as psutil does (start ticks / CLOCK_TICKS + boot time, which moves when the
-    clock is set), so is_running can compare it with psutil's figure. psutil.Process costs
-    several /proc reads per pid, and the state file needs this for every new pid: hundreds
-    per second under churn.
-    """
-    pids = list(pids)
+def boot_time() -> float | None:
+    """The boot time psutil counts create_time from (/proc/stat btime; it moves when the clock is set)."""
     try:
-        boot = next(float(line.split()[1]) for line in read_proc("/proc/stat").splitlines()
+        return next(float(line.split()[1]) for line in read_proc("/proc/stat").splitlines()
                     if line.startswith(b"btime "))
     except (OSError, StopIteration):
-        return dict.fromkeys(pids)
-    times: dict[int, float | None] = {}
-    for pid in pids:
-        try:
-            stat = read_proc(f"/proc/{pid}/stat")
-        except OSError:
-            times[pid] = None
-            continue
-        # Fields start after the command name's last ')'; starttime (field 22) is the 20th of them.
-        times[pid] = int(stat[stat.rfind(b")") + 2:].split()[19]) / _CLOCK_TICKS + boot
-    return times
+        return None
+
+
+def create_time(boot: float, started_boottime: float) -> float:
+    """psutil's create_time of a process forked at this CLOCK_BOOTTIME reading.
+
+    The kernel stamps a new process with CLOCK_BOOTTIME and /proc shows it in whole clock
+    ticks, which psutil adds to the boot time: the same sum from a reading taken at the
+    spawn is within a tick of it, with no /proc read per process (hundreds per second
+    under churn).
+    """
+    return boot + int(started_boottime * _CLOCK_TICKS) / _CLOCK_TICKS
 
 
 def is_running(pid: int, start_time: float | None) -> bool:
