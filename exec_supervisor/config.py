@@ -582,9 +582,10 @@ class FarmConfig:
         executor = self.executors[type_name]
         exec_id = f"ET-{type_name}-{instance_id}"
         values = _placeholder_values(type_name, instance_id, self.service.host)
+        # Interned: most arguments (the service host, say) are the same text for every instance.
         argv = (self.programs[type_name],) + tuple(
-            arg.format_map(values) for arg in executor.command[1:]
-        ) + tuple(arg.format_map(values) for arg in executor.args)
+            sys.intern(arg.format_map(values)) for arg in executor.command[1:]
+        ) + tuple(sys.intern(arg.format_map(values)) for arg in executor.args)
         env = dict(executor.env)
         env.update(
             ET_EXEC_ID=exec_id,
@@ -592,7 +593,7 @@ class FarmConfig:
             ET_ID=str(instance_id),
             ET_SERVICE_HOST=self.service.host,
         )
-        cwd = os.path.normpath(os.path.join(self.base_dir, executor.cwd))
+        cwd = sys.intern(os.path.normpath(os.path.join(self.base_dir, executor.cwd)))
         return InstanceSpec(type_name, instance_id, exec_id, argv, tuple(sorted(env.items())), cwd)
 
     def planned(self) -> list[InstanceSpec]:

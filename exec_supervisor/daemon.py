@@ -18,6 +18,8 @@ from .events import Event, EventBus
 
 log = logging.getLogger("exec_supervisor")
 
+MEMORY_RELEASE_SECONDS = 10.0  # a malloc_trim costs well under a millisecond
+
 
 class DaemonError(Exception):
     """A problem the operator can fix; printed as one line."""
@@ -92,6 +94,13 @@ class Daemon:
         if self._loop is not None and not self._loop.is_closed():
             self._loop.call_soon_threadsafe(self.bus.publish, event)
 
+    def _release_memory(self) -> None:
+        """Now and every MEMORY_RELEASE_SECONDS: bursts (a farm coming up, a crash storm, a
+        status of a thousand instances) leave freed heap behind that glibc would keep for good."""
+        osproc.release_free_memory()
+        if self._loop is not None and not self._stop.is_set():
+            self._loop.call_later(MEMORY_RELEASE_SECONDS, self._release_memory)
+
     # ------------------------------------------------------------------ signals
 
     def request_stop(self, reason: str) -> None:
@@ -159,6 +168,7 @@ class Daemon:
         if self.forwarder is not None:
             self.forwarder.reconfigure(new)
         done = await self.engine.reconcile()
+        osproc.release_free_memory()  # the old config's models and the reload's garbage
         self.emit("reloaded", **done)
         return {"ok": True, **done}
 
@@ -178,6 +188,7 @@ class Daemon:
             log.warning("stopped %d executors left running by a previous exec-supervisor", left)
         await self._start_extensions()
         done = await self.engine.reconcile()
+        self._release_memory()  # start-up's garbage (config models, YAML, the first spawns)
         counts = self.engine.counts()
         self.emit("supervisor_started", instances=counts["desired"], types=len(self.config.executors),
                   pid=os.getpid(), version=__version__, started=done["started"])

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import math
+import os
 import random
 import signal
 import time
@@ -82,9 +83,9 @@ def backoff_delay(policy: ExecutorType, failures: int) -> float:
 class Instance:
     # A farm holds thousands of these for its whole life: no per-object __dict__.
     __slots__ = ("spec", "policy", "host", "state", "want_running", "pid", "started_at", "started_wall",
-                 "started_boottime", "restarts", "failures", "restart_times", "last_exit", "log_path", "_log_offset",
+                 "started_boottime", "restarts", "failures", "restart_times", "last_exit", "_log_file", "_log_offset",
                  "_timer", "_pgid", "_restart_at", "_killed", "_stop_deadline", "_cleanup", "_start_pending",
-                 "_rest_waiters", "_state_waiters", "_env")
+                 "_rest_waiters", "_state_waiters")
 
     def __init__(self, spec: InstanceSpec, policy: ExecutorType, host: Host) -> None:
         self.spec = spec
@@ -101,7 +102,7 @@ class Instance:
         # Restarts inside restart_window, kept only while max_restarts is set, and at most that many.
         self.restart_times: deque[float] | None = None
         self.last_exit: dict[str, Any] | None = None
-        self.log_path = host.log_dir / f"{spec.exec_id}.log"
+        self._log_file = os.path.join(host.log_dir, f"{spec.exec_id}.log")  # a str: Path objects cost a farm
         self._log_offset = 0
         self._timer: Cancellable | None = None
         self._pgid = 0  # the main process's pid: it leads its own session and group
@@ -110,9 +111,13 @@ class Instance:
         self._stop_deadline = 0.0
         self._cleanup: asyncio.Task[None] | None = None
         self._start_pending = False  # started while the last run's leftovers were still being stopped
-        self._rest_waiters: list[asyncio.Future[None]] = []
-        self._state_waiters: list[tuple[tuple[State, ...], asyncio.Future[None]]] = []
-        self._env: dict[bytes, bytes] | None = None
+        # Empty tuples until someone waits: a farm holds thousands of instances nobody waits on.
+        self._rest_waiters: list[asyncio.Future[None]] | tuple[()] = ()
+        self._state_waiters: list[tuple[tuple[State, ...], asyncio.Future[None]]] | tuple[()] = ()
+
+    @property
+    def log_path(self) -> Path:
+        return Path(self._log_file)
 
     # ------------------------------------------------------------------ commands
 
@@ -155,8 +160,6 @@ class Instance:
     def update(self, spec: InstanceSpec, policy: ExecutorType) -> bool:
         """Adopt a reloaded spec; returns True when the process must restart to pick it up."""
         relaunch = spec.launch_key != self.spec.launch_key
-        if spec.env != self.spec.env:
-            self._env = None
         self.spec = spec
         self.policy = policy
         return relaunch
@@ -166,7 +169,7 @@ class Instance:
         if self.state in states:
             return True
         future = asyncio.get_running_loop().create_future()
-        self._state_waiters.append((states, future))
+        self._state_waiters = [*self._state_waiters, (states, future)]
         try:
             await asyncio.wait_for(asyncio.shield(future), timeout)
             return True
@@ -182,7 +185,7 @@ class Instance:
         if self.settled:
             return
         future = asyncio.get_running_loop().create_future()
-        self._rest_waiters.append(future)
+        self._rest_waiters = [*self._rest_waiters, future]
         await future
 
     # ------------------------------------------------------------------ process events
@@ -248,15 +251,13 @@ class Instance:
     def _spawn(self) -> None:
         self._set_state(State.STARTING)
         spec = self.spec
-        env = self._env
-        if env is None:  # encoded once, not at every restart
-            env = self._env = {**self.host.base_env, **osproc.encode_env(spec.env)}
-        self._log_offset = osproc.file_size(self.log_path)
+        env = {**self.host.base_env, **osproc.encode_env(spec.env)}
+        self._log_offset = osproc.file_size(self._log_file)
         self.started_at = time.monotonic()
         self.started_wall = time.time()
         self.started_boottime = time.clock_gettime(time.CLOCK_BOOTTIME)
         try:
-            pid = osproc.spawn(spec.argv, env, spec.cwd, self.log_path)
+            pid = osproc.spawn(spec.argv, env, spec.cwd, self._log_file)
         except OSError as exc:
             self._spawn_failed(exc)
             return
@@ -394,7 +395,7 @@ class Instance:
         self._wake_rest_waiters()
 
     def _output_tail(self) -> str:
-        return osproc.read_tail(self.log_path, self._log_offset, CRASH_TAIL_LINES, OUTPUT_TAIL_MAX_BYTES)
+        return osproc.read_tail(self._log_file, self._log_offset, CRASH_TAIL_LINES, OUTPUT_TAIL_MAX_BYTES)
 
     def _cancel_timer(self) -> None:
         if self._timer is not None:
@@ -413,13 +414,13 @@ class Instance:
                     future.set_result(None)
                 else:
                     keep.append((states, future))
-            self._state_waiters = keep
+            self._state_waiters = keep or ()
         if state in AT_REST:
             self._wake_rest_waiters()
 
     def _wake_rest_waiters(self) -> None:
         if self.settled:
-            waiters, self._rest_waiters = self._rest_waiters, []
+            waiters, self._rest_waiters = self._rest_waiters, ()
             for future in waiters:
                 if not future.done():
                     future.set_result(None)
