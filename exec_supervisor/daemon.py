@@ -8,6 +8,7 @@ import fcntl
 import logging
 import os
 import signal
+import threading
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -19,6 +20,8 @@ from .events import Event, EventBus
 log = logging.getLogger("exec_supervisor")
 
 MEMORY_RELEASE_SECONDS = 10.0  # a malloc_trim costs well under a millisecond
+# Read from a SignalFd by the event loop (see run); blocked in every thread of the daemon.
+HANDLED_SIGNALS = (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
 
 class DaemonError(Exception):
@@ -70,8 +73,10 @@ def _prepare_dirs(cfg: config_mod.FarmConfig) -> None:
 
 
 class Daemon:
-    def __init__(self, cfg: config_mod.FarmConfig) -> None:
+    def __init__(self, cfg: config_mod.FarmConfig, signals: osproc.SignalFd | None = None) -> None:
+        """signals: HANDLED_SIGNALS as a SignalFd; without one, asyncio's signal handlers (main thread only)."""
         self.config = cfg
+        self._signals = signals
         self.bus = EventBus()
         self.engine = Engine(cfg, self.bus)
         self.started_at = time.time()
@@ -121,6 +126,14 @@ class Daemon:
 
     def _on_sighup(self) -> None:
         asyncio.get_running_loop().create_task(self.reload())
+
+    def _on_signals(self) -> None:
+        assert self._signals is not None
+        for number in self._signals.read():
+            try:
+                self._signal_handlers[number]()
+            except Exception:  # a bug handling one signal must not cost the others (a SIGTERM)
+                log.exception("handling signal %d failed", number)
 
     # ------------------------------------------------------------------ reload
 
@@ -176,10 +189,19 @@ class Daemon:
 
     async def run(self) -> int:
         loop = self._loop = asyncio.get_running_loop()
-        loop.add_signal_handler(signal.SIGTERM, self.request_stop, "SIGTERM")
-        loop.add_signal_handler(signal.SIGINT, self._on_sigint)
-        loop.add_signal_handler(signal.SIGHUP, self._on_sighup)
-        self.engine.attach(loop)  # before any thread starts (the forwarder's): see Engine.attach
+        if self._signals is not None:
+            self._signal_handlers: dict[int, Callable[[], None]] = {
+                signal.SIGCHLD: self.engine.on_child_exits,
+                signal.SIGTERM: lambda: self.request_stop("SIGTERM"),
+                signal.SIGINT: self._on_sigint,
+                signal.SIGHUP: self._on_sighup,
+            }
+            loop.add_reader(self._signals.fd, self._on_signals)
+        else:
+            loop.add_signal_handler(signal.SIGTERM, self.request_stop, "SIGTERM")
+            loop.add_signal_handler(signal.SIGINT, self._on_sigint)
+            loop.add_signal_handler(signal.SIGHUP, self._on_sighup)
+        self.engine.attach(loop, signal_handler=self._signals is None)
         self.bus.subscribe(locallog.event_sink, locallog.flush_events)
         self._start_forwarder()
         self.engine.load_overrides()
@@ -212,6 +234,8 @@ class Daemon:
         if self.forwarder is not None:
             await loop.run_in_executor(None, self.forwarder.stop)
         self.engine.detach(loop)
+        if self._signals is not None:
+            loop.remove_reader(self._signals.fd)
         return 0
 
     async def _start_extensions(self) -> None:
@@ -269,16 +293,52 @@ def run(config_path: str, quiet: bool = False, extensions: list[Callable[[], Any
     locallog.setup(quiet)
     osproc.set_child_subreaper()
     osproc.raise_nofile_limit()
+    osproc.use_one_malloc_arena()
+    try:
+        signals: osproc.SignalFd | None = osproc.SignalFd(HANDLED_SIGNALS)  # before any thread starts
+    except OSError as exc:  # no signalfd (a seccomp filter, say): asyncio's handlers, on this thread
+        log.debug("no signalfd (%s): signals come through Python handlers", exc)
+        signals = None
     try:
         async def main() -> int:
-            daemon = Daemon(cfg)
+            daemon = Daemon(cfg, signals)
             daemon.extensions = [make() for make in [*default_extensions(), *(extensions or [])]]
             return await daemon.run()
 
-        code = asyncio.run(main())
+        if signals is None:
+            code = asyncio.run(main())
+        else:
+            try:
+                code = _on_loop_thread(lambda: asyncio.run(main()))
+            finally:
+                signals.close(ignore=(signal.SIGINT, signal.SIGTERM, signal.SIGHUP))
         # The farm is down; a late Ctrl-C must not turn a clean exit into a traceback.
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         return code
     finally:
         lock.release()
+
+
+def _on_loop_thread(work: Callable[[], int]) -> int:
+    """Run work (the event loop) on a thread of its own while the main thread waits for it.
+
+    Orphans re-parented to a subreaper go to its main thread, spawned children are listed
+    under the thread that spawned them: with the loop (which spawns) off the main thread,
+    finding the orphans at an instance's exit reads a list of orphans, not of every instance.
+    """
+    outcome: list[tuple[bool, Any]] = []
+
+    def target() -> None:
+        try:
+            outcome.append((True, work()))
+        except BaseException as exc:  # handed to the main thread, which raises it as before
+            outcome.append((False, exc))
+
+    thread = threading.Thread(target=target, name="exec-supervisor")
+    thread.start()
+    thread.join()
+    ok, value = outcome[0]
+    if not ok:
+        raise value
+    return value

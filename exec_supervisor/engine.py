@@ -53,7 +53,7 @@ class Engine:
         self._state_dirty = False
         self._state_handle: asyncio.TimerHandle | None = None
         self._log_handle: asyncio.TimerHandle | None = None
-        self._child_exit_fd: int | None = None
+        self._sigchld_handler = False
         self._after_exits: list[_Pending] = []
         self._handling_exits = False
         self._reconcile_lock = asyncio.Lock()
@@ -73,7 +73,7 @@ class Engine:
         if now - self._orphan_scan_at > ORPHAN_SCAN_TTL:
             self._orphan_scan_at = now
             by_exec: dict[str, set[int]] = {}
-            for pid in osproc.children_of_self_except(self._by_pid.keys()):
+            for pid in osproc.adopted_children(self._by_pid.keys()):
                 owner = self._orphan_exec_ids.get(pid)
                 if owner is None:
                     # Only a found id is kept: a process caught in the middle of an exec shows an
@@ -194,31 +194,21 @@ class Engine:
 
     # ------------------------------------------------------------------ lifecycle
 
-    def attach(self, loop: asyncio.AbstractEventLoop) -> None:
-        """Watch child exits. Call before starting any thread: threads inherit the blocked SIGCHLD."""
-        try:
-            self._child_exit_fd = osproc.open_child_exit_fd()
-        except OSError as exc:  # no signalfd (a seccomp filter, say): the plain signal handler
-            log.debug("no signalfd (%s): child exits come through a signal handler", exc)
-            loop.add_signal_handler(signal.SIGCHLD, self._on_sigchld)
-        else:
-            loop.add_reader(self._child_exit_fd, self._on_child_exit_fd)
+    def attach(self, loop: asyncio.AbstractEventLoop, signal_handler: bool = True) -> None:
+        """Start the periodic chores. Child exits come to on_child_exits: from a SIGCHLD handler
+        set here, or (signal_handler False) from the daemon's SignalFd."""
+        if signal_handler:
+            loop.add_signal_handler(signal.SIGCHLD, self.on_child_exits)
+        self._sigchld_handler = signal_handler
         self._log_handle = loop.call_later(LOG_CHECK_SECONDS, self._check_logs)
 
     def detach(self, loop: asyncio.AbstractEventLoop) -> None:
-        """Undo attach: the process gets its SIGCHLD back."""
-        if self._child_exit_fd is not None:
-            loop.remove_reader(self._child_exit_fd)
-            osproc.close_child_exit_fd(self._child_exit_fd)
-            self._child_exit_fd = None
-        else:
+        if self._sigchld_handler:
             loop.remove_signal_handler(signal.SIGCHLD)
+            self._sigchld_handler = False
 
-    def _on_child_exit_fd(self) -> None:
-        osproc.drain_child_exit_fd(self._child_exit_fd)  # before reaping: an exit after the reap re-arms it
-        self._on_sigchld()
-
-    def _on_sigchld(self) -> None:
+    def on_child_exits(self) -> None:
+        """Reap every exited child and handle the exits (and the restarts due at once) as one batch."""
         with self.bus.batch():
             self._handle_exits()
 
@@ -262,7 +252,7 @@ class Engine:
         """SIGKILL every remaining descendant and reap until none is left (no orphans, no zombies)."""
         deadline = time.monotonic() + timeout
         while True:
-            self._on_sigchld()
+            self.on_child_exits()
             left = osproc.descendants([os.getpid()])
             if not left:
                 return
@@ -287,7 +277,7 @@ class Engine:
     def _check_logs(self) -> None:
         # Also a safety net: an exit whose SIGCHLD a foreign thread (one started before attach,
         # by a library) took and discarded is still reaped, if late.
-        self._on_sigchld()
+        self.on_child_exits()
         for instance in self.instances.values():
             if instance.pid is None:
                 continue

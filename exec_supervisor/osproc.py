@@ -33,6 +33,21 @@ def release_free_memory() -> None:
         trim(0)
 
 
+_M_ARENA_MAX = -8  # mallopt parameter (malloc.h)
+
+
+def use_one_malloc_arena() -> None:
+    """Make every thread allocate from the main heap (MALLOC_ARENA_MAX=1). Call before threads start.
+
+    glibc gives each new thread a heap of its own; the daemon's few threads allocate little
+    and seldom at the same time, and a second heap is only more memory held in fragments.
+    A no-op on a libc without mallopt.
+    """
+    mallopt = getattr(_libc, "mallopt", None)
+    if mallopt is not None:
+        mallopt(_M_ARENA_MAX, 1)
+
+
 def raise_nofile_limit() -> int:
     """Soft RLIMIT_NOFILE up to the hard limit: 1000 instances need fds for log files and the loop."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -77,7 +92,7 @@ def spawn(argv: tuple[str, ...], env: Mapping[str, str] | Mapping[bytes, bytes],
             ],
             setsid=True,
             setsigdef=_DEFAULT_IN_CHILD,
-            setsigmask=(),  # the daemon blocks SIGCHLD (see open_child_exit_fd); executors must not
+            setsigmask=(),  # the daemon blocks the signals it reads from a SignalFd; executors must not
         )
     finally:
         os.fchdir(_home_fd)
@@ -87,37 +102,47 @@ class _SigSet(ctypes.Structure):
     _fields_ = [("bits", ctypes.c_ulong * (1024 // (8 * ctypes.sizeof(ctypes.c_ulong))))]
 
 
-def open_child_exit_fd() -> int:
-    """A signalfd that turns readable when a child exits; SIGCHLD is blocked in this thread.
+_SIGINFO_SIZE = 128  # sizeof(struct signalfd_siginfo); ssi_signo is its first field
 
-    Python's signal handling costs an exit two loop passes (the C handler writes the wakeup
-    fd, asyncio's handler writes its self-pipe again) and a Python-level handler call; a
-    signalfd is one readable fd. Threads started afterwards inherit the blocked mask, so no
-    thread takes the signal past the fd. Children get an empty mask from spawn().
+
+class SignalFd:
+    """Signals as a readable fd (signalfd(2)): they are blocked in this thread and in every
+    thread started after it, and pending ones are read from the fd.
+
+    Python's signal handling costs a child exit two loop passes (its C handler writes the
+    wakeup fd, asyncio's handler writes its self-pipe again) and a Python-level handler call;
+    this is one readable fd, and it works on any thread. Executors get an empty mask from
+    spawn().
     """
-    mask = _SigSet()
-    _libc.sigemptyset(ctypes.byref(mask))
-    _libc.sigaddset(ctypes.byref(mask), signal.SIGCHLD)
-    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGCHLD})
-    fd = _libc.signalfd(-1, ctypes.byref(mask), os.O_NONBLOCK | os.O_CLOEXEC)
-    if fd < 0:
-        err = ctypes.get_errno()
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGCHLD})
-        raise OSError(err, os.strerror(err))
-    return fd
 
+    def __init__(self, signals: Iterable[int]) -> None:
+        self.signals = frozenset(signals)
+        mask = _SigSet()
+        _libc.sigemptyset(ctypes.byref(mask))
+        for number in self.signals:
+            _libc.sigaddset(ctypes.byref(mask), number)
+        signal.pthread_sigmask(signal.SIG_BLOCK, self.signals)
+        fd = _libc.signalfd(-1, ctypes.byref(mask), os.O_NONBLOCK | os.O_CLOEXEC)
+        if fd < 0:
+            err = ctypes.get_errno()
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, self.signals)
+            raise OSError(err, os.strerror(err))
+        self.fd = fd
 
-def drain_child_exit_fd(fd: int) -> None:
-    """Consume the pending SIGCHLD (standard signals do not queue: there is at most one)."""
-    try:
-        os.read(fd, 128 * 8)  # sizeof(struct signalfd_siginfo) is 128
-    except (BlockingIOError, InterruptedError):
-        pass
+    def read(self) -> list[int]:
+        """The signals pending now, each once (standard signals do not queue)."""
+        try:
+            data = os.read(self.fd, _SIGINFO_SIZE * 16)
+        except (BlockingIOError, InterruptedError):
+            return []
+        return [int.from_bytes(data[at:at + 4], "little") for at in range(0, len(data), _SIGINFO_SIZE)]
 
-
-def close_child_exit_fd(fd: int) -> None:
-    os.close(fd)
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGCHLD})
+    def close(self, ignore: Iterable[int] = ()) -> None:
+        """Stop reading; the signals in ignore are ignored from now on, the others unblocked."""
+        os.close(self.fd)
+        for number in ignore:
+            signal.signal(number, signal.SIG_IGN)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, self.signals)
 
 
 def reap() -> list[tuple[int, int]]:
@@ -184,8 +209,8 @@ def read_proc(path: str) -> bytes:
         os.close(fd)
 
 
-# An open /proc/self/task/<tid>/children per thread, re-read with pread: the path lookup of
-# an open costs about as much as the read, and this runs at every instance exit.
+# An open /proc/self/task/<tid>/children, re-read with pread: the path lookup of an open
+# costs about as much as the read, and this runs at every instance exit.
 _children_fds: dict[int, int] = {}
 # A read of a seq_file stops short only at its end or when its buffer (at least a page) is
 # full; a shorter answer than this is therefore the whole list, and the read that would
@@ -212,28 +237,24 @@ def _read_children_file(tid: int) -> bytes:
     return b"".join(chunks)
 
 
-def children_of_self_except(known: Collection[int]) -> set[int]:
-    """Our direct children (orphans re-parented to us as subreaper among them) not in known.
+def adopted_children(known: Collection[int]) -> set[int]:
+    """Our children not in known (pids we spawned and have not reaped): adopted orphans.
 
-    A child is listed under the thread that spawned it, an adopted orphan under the main
-    thread (the kernel hands it to the first live thread of the subreaper). The daemon
-    spawns from its event loop thread only, so those two threads' lists are all of them.
-
-    known must be children of ours (pids spawned and not yet reaped). Then equal counts mean
-    there is nothing else, which spares parsing the list in the common case.
+    The kernel hands an orphan to the first live thread of its subreaper, our main thread,
+    while a spawned child is listed under the thread that spawned it. With the event loop on
+    a thread of its own (see daemon.run), the main thread's list holds adopted orphans only,
+    so this read, done at every instance exit, costs nothing per instance. With the loop on
+    the main thread, the instances are on that list too and are left out by count first.
     """
-    lists = []
-    for tid in {os.getpid(), threading.get_native_id()}:
-        try:
-            lists.append(_read_children_file(tid))
-        except OSError:
-            continue
-    if sum(data.count(b" ") for data in lists) == len(known):  # one "pid " per child
+    main = os.getpid()
+    try:
+        data = _read_children_file(main)
+    except OSError:
         return set()
-    children: set[int] = set()
-    for data in lists:
-        children.update(map(int, data.split()))
-    return children.difference(known)
+    expected = len(known) if threading.get_native_id() == main else 0
+    if data.count(b" ") == expected:  # one "pid " per child: nothing but what we know
+        return set()
+    return set(map(int, data.split())).difference(known)
 
 
 # How long to wait out an exec in progress: its new environment is set up within a millisecond.

@@ -79,10 +79,13 @@ class Farm:
     def program(mode: str, **extra: Any) -> dict[str, Any]:
         return {"command": [sys.executable, str(TEST_PROGRAM)], "env": {"ET_TEST_MODE": mode}, **extra}
 
-    def start(self, *extra_args: str, wait_instances: int | None = None) -> subprocess.Popen[bytes]:
+    def start(self, *extra_args: str, wait_instances: int | None = None,
+              launcher: str | None = None) -> subprocess.Popen[bytes]:
+        """launcher: Python code to run instead of `-m exec_supervisor.cli` (it gets the same arguments)."""
         self.stderr = open(self.stderr_path, "ab")
+        entry = ["-c", launcher] if launcher else ["-m", "exec_supervisor.cli"]
         self.daemon = subprocess.Popen(
-            [sys.executable, "-m", "exec_supervisor.cli", "start", str(self.config_path), *extra_args],
+            [sys.executable, *entry, "start", str(self.config_path), *extra_args],
             stdout=self.stderr, stderr=self.stderr, stdin=subprocess.DEVNULL,
         )
         if wait_instances is not None:
