@@ -317,6 +317,7 @@ def run(config_path: str, quiet: bool = False, extensions: list[Callable[[], Any
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         return code
     finally:
+        locallog.flush()  # event lines still held when the loop ended
         lock.release()
 
 

@@ -7,8 +7,10 @@ import os
 import resource
 import shutil
 import signal
+import sys
 import threading
 import time
+from collections import abc
 from pathlib import Path
 from typing import Collection, Iterable, Mapping
 
@@ -62,10 +64,15 @@ _DEFAULT_IN_CHILD = (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGINT, signal.SIGTE
 _home_fd: int | None = None
 
 
+_FS_ENCODING, _FS_ERRORS = sys.getfilesystemencoding(), sys.getfilesystemencodeerrors()
+
+
 def encode_env(env: Mapping[str, str] | Iterable[tuple[str, str]]) -> dict[bytes, bytes]:
     """An environment encoded for spawn(); encoding the shared part once saves it at every restart."""
-    items = env.items() if isinstance(env, Mapping) else env
-    return {os.fsencode(name): os.fsencode(value) for name, value in items}
+    # collections.abc, not typing: isinstance against typing.Mapping walks the ABCs per call
+    items = env.items() if isinstance(env, abc.Mapping) else env
+    # str.encode as os.fsencode does it, without its checks for bytes and path-like values
+    return {name.encode(_FS_ENCODING, _FS_ERRORS): value.encode(_FS_ENCODING, _FS_ERRORS) for name, value in items}
 
 
 def spawn(argv: tuple[str, ...], env: Mapping[str, str] | Mapping[bytes, bytes], cwd: str, log_path: str) -> int:
