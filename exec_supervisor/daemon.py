@@ -19,7 +19,7 @@ from .events import Event, EventBus
 
 log = logging.getLogger("exec_supervisor")
 
-MEMORY_RELEASE_SECONDS = 10.0  # a malloc_trim costs well under a millisecond
+MEMORY_RELEASE_SECONDS = 10.0
 # Read from a SignalFd by the event loop (see run); blocked in every thread of the daemon.
 HANDLED_SIGNALS = (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
@@ -89,6 +89,7 @@ class Daemon:
         self.extensions: list[Any] = []
         self._stop_reason = "asked to stop"
         self._reload_lock = asyncio.Lock()
+        self._transitions_at_release = -1
 
     # ------------------------------------------------------------------ events
 
@@ -100,9 +101,12 @@ class Daemon:
             self._loop.call_soon_threadsafe(self.bus.publish, event)
 
     def _release_memory(self) -> None:
-        """Now and every MEMORY_RELEASE_SECONDS: bursts (a farm coming up, a crash storm, a
-        status of a thousand instances) leave freed heap behind that glibc would keep for good."""
-        osproc.release_free_memory()
+        """Now, and every MEMORY_RELEASE_SECONDS while instances change state: bursts (a farm
+        coming up, a crash storm) leave freed heap behind that glibc would keep for good. An
+        idle farm is left alone: a trim costs a few milliseconds with a thousand instances."""
+        if self.engine.transitions != self._transitions_at_release:
+            self._transitions_at_release = self.engine.transitions
+            osproc.release_free_memory()
         if self._loop is not None and not self._stop.is_set():
             self._loop.call_later(MEMORY_RELEASE_SECONDS, self._release_memory)
 

@@ -45,6 +45,7 @@ class Engine:
         self.scaled: dict[str, tuple[int, ...]] = {}
         self.held: set[str] = set()
         self.stopping = False
+        self.transitions = 0  # instance state changes so far: a measure of activity
         self._by_pid: dict[int, Instance] = {}
         self._retiring: set[Instance] = set()
         self._orphans: dict[str, set[int]] = {}
@@ -87,6 +88,7 @@ class Engine:
         return set(self._orphans.get(exec_id, ()))
 
     def state_changed(self, instance: Instance) -> None:
+        self.transitions += 1
         self._state_dirty = True
         if self._state_handle is None:
             self._state_handle = asyncio.get_running_loop().call_later(STATE_FLUSH_SECONDS, self._flush_state)
@@ -282,7 +284,7 @@ class Engine:
             if instance.pid is None:
                 continue
             try:
-                if osproc.file_size(instance.log_path) > instance.policy.log_max_bytes:
+                if osproc.file_size(instance.log_file) > instance.policy.log_max_bytes:
                     osproc.rotate_copytruncate(instance.log_path, instance.policy.log_backups)
             except OSError as exc:
                 log.warning("%s: cannot rotate %s: %s", instance.spec.exec_id, instance.log_path, exc)

@@ -83,7 +83,7 @@ def backoff_delay(policy: ExecutorType, failures: int) -> float:
 class Instance:
     # A farm holds thousands of these for its whole life: no per-object __dict__.
     __slots__ = ("spec", "policy", "host", "state", "want_running", "pid", "started_at", "started_wall",
-                 "started_boottime", "restarts", "failures", "restart_times", "last_exit", "_log_file", "_log_offset",
+                 "started_boottime", "restarts", "failures", "restart_times", "last_exit", "log_file", "_log_offset",
                  "_timer", "_pgid", "_restart_at", "_killed", "_stop_deadline", "_cleanup", "_start_pending",
                  "_rest_waiters", "_state_waiters")
 
@@ -102,7 +102,9 @@ class Instance:
         # Restarts inside restart_window, kept only while max_restarts is set, and at most that many.
         self.restart_times: deque[float] | None = None
         self.last_exit: dict[str, Any] | None = None
-        self._log_file = os.path.join(host.log_dir, f"{spec.exec_id}.log")  # a str: Path objects cost a farm
+        # A str, and log_path the Path made from it on demand: a Path per instance costs a farm
+        # its memory, and one made per instance at every log check costs it idle CPU.
+        self.log_file = os.path.join(host.log_dir, f"{spec.exec_id}.log")
         self._log_offset = 0
         self._timer: Cancellable | None = None
         self._pgid = 0  # the main process's pid: it leads its own session and group
@@ -117,7 +119,7 @@ class Instance:
 
     @property
     def log_path(self) -> Path:
-        return Path(self._log_file)
+        return Path(self.log_file)
 
     # ------------------------------------------------------------------ commands
 
@@ -252,12 +254,12 @@ class Instance:
         self._set_state(State.STARTING)
         spec = self.spec
         env = {**self.host.base_env, **osproc.encode_env(spec.env)}
-        self._log_offset = osproc.file_size(self._log_file)
+        self._log_offset = osproc.file_size(self.log_file)
         self.started_at = time.monotonic()
         self.started_wall = time.time()
         self.started_boottime = time.clock_gettime(time.CLOCK_BOOTTIME)
         try:
-            pid = osproc.spawn(spec.argv, env, spec.cwd, self._log_file)
+            pid = osproc.spawn(spec.argv, env, spec.cwd, self.log_file)
         except OSError as exc:
             self._spawn_failed(exc)
             return
@@ -395,7 +397,7 @@ class Instance:
         self._wake_rest_waiters()
 
     def _output_tail(self) -> str:
-        return osproc.read_tail(self._log_file, self._log_offset, CRASH_TAIL_LINES, OUTPUT_TAIL_MAX_BYTES)
+        return osproc.read_tail(self.log_file, self._log_offset, CRASH_TAIL_LINES, OUTPUT_TAIL_MAX_BYTES)
 
     def _cancel_timer(self) -> None:
         if self._timer is not None:
