@@ -206,7 +206,7 @@ class Daemon:
             loop.add_signal_handler(signal.SIGINT, self._on_sigint)
             loop.add_signal_handler(signal.SIGHUP, self._on_sighup)
         self.engine.attach(loop, signal_handler=self._signals is None)
-        self.bus.subscribe(locallog.event_sink, locallog.flush_events)
+        self.bus.subscribe(locallog.event_sink)
         self._start_forwarder()
         self.engine.load_overrides()
         left = self.engine.stop_previous_leftovers()

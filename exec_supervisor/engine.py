@@ -211,10 +211,6 @@ class Engine:
 
     def on_child_exits(self) -> None:
         """Reap every exited child and handle the exits (and the restarts due at once) as one batch."""
-        with self.bus.batch():
-            self._handle_exits()
-
-    def _handle_exits(self) -> None:
         reaped = osproc.reap()
         if reaped:
             # A main process's children were re-parented to us as it died: an orphan scan

@@ -7,11 +7,10 @@ must stay cheap: a sink that needs I/O hands the event to its own queue.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 # messages only formats (translations grow there); imported here once, not on every event
 from . import messages
@@ -71,28 +70,14 @@ Sink = Callable[[Event], None]
 
 
 class EventBus:
-    """Fan-out of events to sinks. A failing sink is logged and never breaks supervision.
-
-    A sink may come with a flush: it may then hold what it writes until flushed, which the
-    bus does after each event, or once at the end of a batch().
-    """
+    """Fan-out of events to sinks. A failing sink is logged and never breaks supervision."""
 
     def __init__(self) -> None:
         self._sinks: list[Sink] = []
-        self._flushes: list[Callable[[], None]] = []
-        self._batch_depth = 0
 
-    def subscribe(self, sink: Sink, flush: Callable[[], None] | None = None) -> Callable[[], None]:
+    def subscribe(self, sink: Sink) -> Callable[[], None]:
         self._sinks.append(sink)
-        if flush is not None:
-            self._flushes.append(flush)
-
-        def unsubscribe() -> None:
-            self._sinks.remove(sink)
-            if flush is not None:
-                self._flushes.remove(flush)
-
-        return unsubscribe
+        return lambda: self._sinks.remove(sink)
 
     def publish(self, event: Event) -> None:
         for sink in tuple(self._sinks):
@@ -100,24 +85,3 @@ class EventBus:
                 sink(event)
             except Exception:  # a sink bug must not stop restarts
                 log.exception("event sink %r failed on %s", sink, event.event)
-        if not self._batch_depth:
-            self._flush()
-
-    @contextlib.contextmanager
-    def batch(self) -> Iterator[None]:
-        """Events published inside reach the sinks at once; their writes are flushed together at
-        the end (an exit and its restart: one write of the local log, not one per line)."""
-        self._batch_depth += 1
-        try:
-            yield
-        finally:
-            self._batch_depth -= 1
-            if not self._batch_depth:
-                self._flush()
-
-    def _flush(self) -> None:
-        for flush in self._flushes:
-            try:
-                flush()
-            except Exception:
-                log.exception("event sink flush %r failed", flush)

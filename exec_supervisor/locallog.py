@@ -107,6 +107,9 @@ class _StderrHandler(logging.StreamHandler):
             return
         self.acquire()
         try:
+            # A timer still pending then writes nothing; one left by a loop that has ended
+            # must not stop write_soon from writing.
+            self._write_handle = None
             text, self._held = "".join(self._held), []
             self.stream.write(text)
             self.stream.flush()
@@ -127,7 +130,7 @@ class _StderrHandler(logging.StreamHandler):
 
     def takes_all(self, logger: logging.Logger, level: int) -> bool:
         """True when a record of this level from logger would reach this handler and nothing
-        else, and write_line would write what emit does."""
+        else, and hold_line would make the line emit writes."""
         handlers = logger.handlers
         return (len(handlers) == 1 and handlers[0] is self and not logger.propagate
                 and not logger.filters and not self.filters and level >= self.level
@@ -170,16 +173,10 @@ def event_sink(event: Event) -> None:
     if handler is not None and handler.takes_all(log, level):
         # Three events per instance restart: a LogRecord and logging's dispatch would cost
         # about twice what formatting and writing the line does, for the same output.
-        # The line is written by flush_events, which the bus calls after the event or batch.
         handler.hold_line(level, message)
+        handler.write_soon()
     else:
         log.handle(_event_record(level, message))
-
-
-def flush_events() -> None:
-    """The bus's flush for event_sink: the held lines go out together, within EVENT_LINES_DELAY."""
-    if _handler is not None:
-        _handler.write_soon()
 
 
 def flush() -> None:
