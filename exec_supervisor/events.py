@@ -73,14 +73,20 @@ class EventBus:
     """Fan-out of events to sinks. A failing sink is logged and never breaks supervision."""
 
     def __init__(self) -> None:
-        self._sinks: list[Sink] = []
+        # Replaced, never changed in place: publish iterates it while a sink may unsubscribe.
+        self._sinks: tuple[Sink, ...] = ()
 
     def subscribe(self, sink: Sink) -> Callable[[], None]:
-        self._sinks.append(sink)
-        return lambda: self._sinks.remove(sink)
+        self._sinks = (*self._sinks, sink)
+        return lambda: self._unsubscribe(sink)
+
+    def _unsubscribe(self, sink: Sink) -> None:
+        sinks = list(self._sinks)
+        sinks.remove(sink)
+        self._sinks = tuple(sinks)
 
     def publish(self, event: Event) -> None:
-        for sink in tuple(self._sinks):
+        for sink in self._sinks:
             try:
                 sink(event)
             except Exception:  # a sink bug must not stop restarts

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import heapq
+import logging
 import math
 import os
 import random
@@ -28,6 +30,8 @@ from .config import ExecutorType, InstanceSpec
 from .events import INSTANCE_EVENT_LEVELS, OUTPUT_TAIL_MAX_BYTES, Event
 
 CRASH_TAIL_LINES = 20
+
+log = logging.getLogger("exec_supervisor")
 
 
 class State(str, enum.Enum):
@@ -54,6 +58,8 @@ class Host(Protocol):
     log_dir: Path
     base_env: dict[bytes, bytes]  # encoded once: posix_spawn would encode it again at every spawn
 
+    timers: SlackTimers
+
     def publish(self, event: Event) -> None: ...
     def track(self, instance: "Instance", pid: int) -> None: ...
     def orphans_of(self, exec_id: str) -> set[int]: ...
@@ -65,10 +71,52 @@ class Host(Protocol):
 # systemd's AccuracySec=): instances that come up within the same few milliseconds share one
 # wake-up of the loop, and nobody can tell 20 ms on a start_seconds check.
 TIMER_SLACK = 0.02
+# How late a grid slot may run when nothing else wakes the loop. A pass that runs anyway (an
+# exit batch: see SlackTimers.run_due) takes the slots due by then, so while instances churn
+# their start_seconds checks cost no wake-up of their own.
+TIMER_LATE = 0.02
 
 
-def with_slack(when: float) -> float:
-    return math.ceil(when / TIMER_SLACK) * TIMER_SLACK
+class SlackTimers:
+    """Deadlines rounded up to the TIMER_SLACK grid, one list of callbacks per grid slot.
+
+    Every spawn sets a start_seconds deadline. As a loop timer each would cost a handle, heap
+    operations in Python, a cancel at most exits and often a wake-up of its own; here it is a
+    list append, a slot's entries run together, and a slot runs with the first pass of the
+    loop after its time (at most TIMER_LATE later). Entries are never cancelled: each callback
+    is handed the token it was set with and does nothing when that token is no longer current.
+    """
+
+    def __init__(self) -> None:
+        self._slots: dict[int, list[tuple[Callable[[float], None], float]]] = {}
+        self._order: list[int] = []  # heap of the slots in _slots
+        self._wakeups: dict[int, asyncio.TimerHandle] = {}
+
+    def call_at(self, when: float, callback: Callable[[float], None], token: float) -> None:
+        """Call callback(token) at, or a little after, `when` (the loop's clock)."""
+        slot = math.ceil(when / TIMER_SLACK)
+        entries = self._slots.get(slot)
+        if entries is None:
+            entries = self._slots[slot] = []
+            heapq.heappush(self._order, slot)
+            loop = asyncio.get_running_loop()
+            self._wakeups[slot] = loop.call_at(slot * TIMER_SLACK + TIMER_LATE, self._wake_up, loop)
+        entries.append((callback, token))
+
+    def run_due(self, now: float) -> None:
+        """Run every slot due by now (the loop's clock)."""
+        order = self._order
+        while order and order[0] * TIMER_SLACK <= now:
+            slot = heapq.heappop(order)
+            self._wakeups.pop(slot).cancel()  # the loop drops a cancelled timer without waking
+            for callback, token in self._slots.pop(slot):
+                try:
+                    callback(token)
+                except Exception:  # as the loop does for a failing timer: log it, run the others
+                    log.exception("timer callback %r failed", callback)
+
+    def _wake_up(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.run_due(loop.time())
 
 
 def backoff_delay(policy: ExecutorType, failures: int) -> float:
@@ -241,9 +289,9 @@ class Instance:
         )
         self._start_cleanup(now + self.policy.stop_timeout, self.policy.stop_signal)
 
-    def _on_start_seconds(self) -> None:
-        self._timer = None
-        if self.state is State.STARTING:
+    def _on_start_seconds(self, started_at: float) -> None:
+        # A deadline set for an earlier run (the instance stopped or exited since) is stale.
+        if self.state is State.STARTING and started_at == self.started_at:
             self.failures = 0
             self._set_state(State.RUNNING)
             self._emit("running", pid=self.pid)
@@ -267,10 +315,11 @@ class Instance:
         self.host.track(self, pid)
         self._emit("spawned", pid=pid)
         if self.policy.start_seconds > 0:
-            loop = asyncio.get_running_loop()
-            self._timer = loop.call_at(with_slack(loop.time() + self.policy.start_seconds), self._on_start_seconds)
+            # started_at is time.monotonic(), the clock of asyncio's loop
+            self.host.timers.call_at(self.started_at + self.policy.start_seconds, self._on_start_seconds,
+                                     self.started_at)
         else:
-            self._on_start_seconds()
+            self._on_start_seconds(self.started_at)
 
     def _spawn_failed(self, exc: OSError) -> None:
         # Same policy as a crash: a missing file may come back (a deploy in progress).

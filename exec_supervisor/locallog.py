@@ -14,10 +14,13 @@ import time
 
 from .events import Event, format_message
 
-# Event lines are written this long after they are made, at the latest, many in one write:
-# under churn that is one write per 50 ms instead of two or three per restart. A line's time
-# is taken when it is made; the daemon writes what is held as it ends (see flush).
+# Event lines are written many at a time: under churn one write per 50 ms instead of two or
+# three per restart. The first event EVENT_LINES_DELAY or more after the oldest held line
+# writes them, so while events keep coming no timer wakes the loop; when they stop, a timer
+# writes them EVENT_LINES_LATE later. A line's time is its event's; the daemon writes what is
+# held as it ends (see flush).
 EVENT_LINES_DELAY = 0.05
+EVENT_LINES_LATE = 0.05
 
 _JOURNAL_PRIORITY = {"DEBUG": 7, "INFO": 6, "WARNING": 4, "ERROR": 3, "CRITICAL": 2}
 _EVENT_LEVEL = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
@@ -80,37 +83,39 @@ class _StderrHandler(logging.StreamHandler):
         super().__init__(sys.stderr)
         self.setFormatter(formatter)
         self._lines = formatter
-        self._held: list[str] = []
+        self._held: list[tuple[int, Event]] = []
         self._write_handle: asyncio.TimerHandle | None = None
 
-    def write_soon(self) -> None:
-        """Write the held lines within EVENT_LINES_DELAY (at once when no event loop runs here)."""
-        if not self._held or self._write_handle is not None:
-            return
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:
+    def hold_event(self, level: int, event: Event) -> None:
+        """Queue the line handling a record of this level and the event's message would write.
+
+        The line is made when written: made many at a time, it costs a fraction of what one
+        made alone after the loop wakes does (everything it touches is out of the CPU's cache).
+        """
+        held = self._held
+        held.append((level, event))
+        if len(held) == 1:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:  # no loop to write later on
+                self.write_held()
+                return
+            self._write_handle = loop.call_later(EVENT_LINES_DELAY + EVENT_LINES_LATE, self.write_held)
+        elif event.time - held[0][1].time >= EVENT_LINES_DELAY:
             self.write_held()
-            return
-        self._write_handle = loop.call_later(EVENT_LINES_DELAY, self._write_due)
-
-    def _write_due(self) -> None:
-        self._write_handle = None
-        self.write_held()
-
-    def hold_line(self, level: int, message: str) -> None:
-        """Queue what handling a record of this level and message would write, until write_held."""
-        self._held.append(self._lines.line(level, time.time(), message) + self.terminator)
 
     def write_held(self) -> None:
         if not self._held:
             return
         self.acquire()
         try:
-            # A timer still pending then writes nothing; one left by a loop that has ended
-            # must not stop write_soon from writing.
-            self._write_handle = None
-            text, self._held = "".join(self._held), []
+            handle, self._write_handle = self._write_handle, None
+            if handle is not None:
+                handle.cancel()  # the loop drops a cancelled timer without waking for it
+            held, self._held = self._held, []
+            line, terminator = self._lines.line, self.terminator
+            text = "".join([line(level, event.time, _first_line(format_message(event))) + terminator
+                            for level, event in held])
             self.stream.write(text)
             self.stream.flush()
         except RecursionError:
@@ -130,7 +135,7 @@ class _StderrHandler(logging.StreamHandler):
 
     def takes_all(self, logger: logging.Logger, level: int) -> bool:
         """True when a record of this level from logger would reach this handler and nothing
-        else, and hold_line would make the line emit writes."""
+        else, and the line write_held makes is the one emit would write."""
         handlers = logger.handlers
         return (len(handlers) == 1 and handlers[0] is self and not logger.propagate
                 and not logger.filters and not self.filters and level >= self.level
@@ -166,17 +171,19 @@ def event_sink(event: Event) -> None:
     level = _EVENT_LEVEL.get(event.level, logging.INFO)
     if not log.isEnabledFor(level):
         return
-    message = format_message(event)
-    if "\n" in message:  # an output tail follows the first line
-        message = message[:message.index("\n")]
     handler = _handler
     if handler is not None and handler.takes_all(log, level):
         # Three events per instance restart: a LogRecord and logging's dispatch would cost
         # about twice what formatting and writing the line does, for the same output.
-        handler.hold_line(level, message)
-        handler.write_soon()
+        handler.hold_event(level, event)
     else:
-        log.handle(_event_record(level, message))
+        log.handle(_event_record(level, _first_line(format_message(event))))
+
+
+def _first_line(message: str) -> str:
+    """An event's message without the output tail that may follow its first line."""
+    end = message.find("\n")
+    return message if end < 0 else message[:end]
 
 
 def flush() -> None:
