@@ -470,7 +470,7 @@ class Instance:
             self._wake_rest_waiters()
 
     def _wake_rest_waiters(self) -> None:
-        if self.settled:
+        if self._rest_waiters and self.settled:
             waiters, self._rest_waiters = self._rest_waiters, ()
             for future in waiters:
                 if not future.done():

@@ -216,6 +216,20 @@ def read_proc(path: str) -> bytes:
         os.close(fd)
 
 
+# getpid() is a system call (glibc caches nothing), and this runs at every instance exit.
+_own_pid = os.getpid()
+
+
+def _forked() -> None:
+    global _own_pid
+    _own_pid = os.getpid()
+    for fd in _children_fds.values():
+        os.close(fd)
+    _children_fds.clear()  # they list the parent's children
+
+
+os.register_at_fork(after_in_child=_forked)
+
 # An open /proc/self/task/<tid>/children, re-read with pread: the path lookup of an open
 # costs about as much as the read, and this runs at every instance exit.
 _children_fds: dict[int, int] = {}
@@ -253,12 +267,11 @@ def adopted_children(known: Collection[int]) -> set[int]:
     so this read, done at every instance exit, costs nothing per instance. With the loop on
     the main thread, the instances are on that list too and are left out by count first.
     """
-    main = os.getpid()
     try:
-        data = _read_children_file(main)
+        data = _read_children_file(_own_pid)  # the main thread's id is the pid
     except OSError:
         return set()
-    expected = len(known) if threading.get_native_id() == main else 0
+    expected = len(known) if threading.current_thread() is threading.main_thread() else 0
     if data.count(b" ") == expected:  # one "pid " per child: nothing but what we know
         return set()
     return set(map(int, data.split())).difference(known)
