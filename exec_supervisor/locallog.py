@@ -10,6 +10,7 @@ import asyncio
 import logging
 import os
 import sys
+import threading
 import time
 
 from .events import Event, format_message
@@ -85,6 +86,7 @@ class _StderrHandler(logging.StreamHandler):
         self._lines = formatter
         self._held: list[tuple[int, Event]] = []
         self._write_handle: asyncio.TimerHandle | None = None
+        self._write_thread = 0  # the thread whose loop holds _write_handle
 
     def hold_event(self, level: int, event: Event) -> None:
         """Queue the line handling a record of this level and the event's message would write.
@@ -92,17 +94,22 @@ class _StderrHandler(logging.StreamHandler):
         The line is made when written: made many at a time, it costs a fraction of what one
         made alone after the loop wakes does (everything it touches is out of the CPU's cache).
         """
-        held = self._held
-        held.append((level, event))
-        if len(held) == 1:
-            try:
-                loop = asyncio.get_running_loop()
-            except RuntimeError:  # no loop to write later on
+        self.acquire()  # a record logged on another thread writes the held lines from there
+        try:
+            held = self._held
+            held.append((level, event))
+            if len(held) == 1:
+                try:
+                    loop = asyncio.get_running_loop()
+                except RuntimeError:  # no loop to write later on
+                    self.write_held()
+                    return
+                self._write_handle = loop.call_later(EVENT_LINES_DELAY + EVENT_LINES_LATE, self.write_held)
+                self._write_thread = threading.get_ident()
+            elif event.time - held[0][1].time >= EVENT_LINES_DELAY:
                 self.write_held()
-                return
-            self._write_handle = loop.call_later(EVENT_LINES_DELAY + EVENT_LINES_LATE, self.write_held)
-        elif event.time - held[0][1].time >= EVENT_LINES_DELAY:
-            self.write_held()
+        finally:
+            self.release()
 
     def write_held(self) -> None:
         if not self._held:
@@ -110,8 +117,10 @@ class _StderrHandler(logging.StreamHandler):
         self.acquire()
         try:
             handle, self._write_handle = self._write_handle, None
-            if handle is not None:
-                handle.cancel()  # the loop drops a cancelled timer without waking for it
+            # The loop drops a cancelled timer without waking for it. A timer is not to be
+            # cancelled from another thread; left alone, it finds nothing to write.
+            if handle is not None and threading.get_ident() == self._write_thread:
+                handle.cancel()
             held, self._held = self._held, []
             line, terminator = self._lines.line, self.terminator
             text = "".join([line(level, event.time, _first_line(format_message(event))) + terminator

@@ -117,3 +117,24 @@ def test_event_lines_without_an_event_loop_are_written_at_once() -> None:
     handler, stream = _handler()
     handler.hold_event(logging.INFO, _event("ET-A-1", time.time()))
     assert "ET-A-1: running (pid 1)" in stream.getvalue()
+
+
+def test_a_record_logged_on_another_thread_writes_the_held_lines_first() -> None:
+    handler, stream = _handler()
+
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        handler.hold_event(logging.INFO, _event("ET-A-1", time.time()))
+        timer = handler._write_handle
+        assert timer is not None
+        record = logging.LogRecord("exec_supervisor", logging.WARNING, __file__, 1, "from the sender", None, None)
+        await asyncio.to_thread(handler.handle, record)
+        lines = stream.getvalue().splitlines()
+        assert [line.split(None, 3)[-1] for line in lines] == ["ET-A-1: running (pid 1)", "from the sender"]
+        assert not timer.cancelled(), "not cancelled from the other thread"
+        past_the_timer = loop.create_future()
+        loop.call_at(timer.when() + 0.001, past_the_timer.set_result, None)
+        await asyncio.wait_for(past_the_timer, 5)
+        assert stream.getvalue().splitlines() == lines, "the timer wrote nothing twice"
+
+    asyncio.run(scenario())
