@@ -67,7 +67,7 @@ def control_options(function: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _client(config_path: str | None, socket_path: str | None, timeout: float | None = None) -> Any:
-    from .client import Client, ClientError, pick_socket
+    from .control.client import Client, ClientError, pick_socket
 
     try:
         path = pick_socket(config_path, socket_path)
@@ -78,7 +78,7 @@ def _client(config_path: str | None, socket_path: str | None, timeout: float | N
 
 def _call(client: Any, method: str, path: str, body: Any = None, timeout: float | None = None) -> dict[str, Any]:
     """One request; exits with the right code on anything but success."""
-    from .client import ClientError, exit_code_for
+    from .control.client import ClientError, exit_code_for
 
     try:
         status, data = client.call(method, path, body, timeout)
@@ -96,7 +96,7 @@ def _call(client: Any, method: str, path: str, body: Any = None, timeout: float 
 
 
 def _report_lagging(data: dict[str, Any]) -> None:
-    from .client import describe_exit
+    from .control.client import describe_exit
 
     for item in data.get("lagging") or []:
         click.echo(f"  {item.get('exec_id')}: {item.get('state')} (last exit: {describe_exit(item.get('last_exit'))})",
@@ -104,7 +104,7 @@ def _report_lagging(data: dict[str, Any]) -> None:
 
 
 def _stream(client: Any, path: str, on_chunk: Callable[[bytes], None]) -> None:
-    from .client import ClientError
+    from .control.client import ClientError
 
     try:
         for chunk in client.stream(path):
@@ -190,7 +190,7 @@ def check(config: str) -> None:
 @control_options
 def status(target: str, as_json: bool, config_path: str, socket_path: str | None) -> None:
     """Show every instance (or TARGET: all | <Type> | ET-<Type>-<id>) and the supervisor."""
-    from .client import path_with_query, render_status
+    from .control.client import path_with_query, render_status
 
     data = _call(_client(config_path, socket_path), "GET", path_with_query("/v1/status", target=target))
     click.echo(json.dumps(data, indent=2) if as_json else render_status(data))
@@ -318,7 +318,7 @@ def reload(config_path: str, socket_path: str | None) -> None:
 @control_options
 def logs(exec_id: str, lines: int, follow: bool, config_path: str, socket_path: str | None) -> None:
     """Print (and follow) an instance's log file."""
-    from .client import ClientError, exit_code_for, log_path, path_with_query
+    from .control.client import ClientError, exit_code_for, log_path, path_with_query
 
     client = _client(config_path, socket_path)
     path = path_with_query(log_path(exec_id), n=lines, follow=1 if follow else None)
@@ -349,7 +349,7 @@ def logs(exec_id: str, lines: int, follow: bool, config_path: str, socket_path: 
 @control_options
 def events(lines: int, follow: bool, as_json: bool, config_path: str, socket_path: str | None) -> None:
     """Recent lifecycle events and the delivery backlog to the log API."""
-    from .client import path_with_query, render_backlog, render_event
+    from .control.client import path_with_query, render_backlog, render_event
 
     client = _client(config_path, socket_path)
     if follow:
@@ -389,7 +389,7 @@ def events(lines: int, follow: bool, as_json: bool, config_path: str, socket_pat
 @control_options
 def shutdown(no_wait: bool, timeout: float, config_path: str, socket_path: str | None) -> None:
     """Stop every instance and the daemon (like SIGTERM)."""
-    from .client import wait_gone
+    from .control.client import wait_gone
 
     client = _client(config_path, socket_path)
     data = _call(client, "POST", "/v1/shutdown", {})

@@ -13,9 +13,10 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from . import __version__, config as config_mod, locallog, osproc
-from .engine import Engine
-from .events import Event, EventBus
+from . import __version__, config as config_mod
+from .events import Event, EventBus, locallog
+from .supervise import osproc
+from .supervise.engine import Engine
 
 log = logging.getLogger("exec_supervisor")
 
@@ -267,7 +268,7 @@ class Daemon:
     def _start_forwarder(self) -> None:
         if not self.config.events.forward:
             return
-        from .forwarder import EventForwarder, SpoolError
+        from .events.forwarder import EventForwarder, SpoolError
 
         try:
             self.forwarder = EventForwarder(self.config, self.publish_threadsafe)
@@ -279,7 +280,7 @@ class Daemon:
 
 def default_extensions() -> list[Callable[[], Any]]:
     """Always installed: the control socket (status, scale, reload, ...) and sd_notify (a no-op outside systemd)."""
-    from .control import ControlServer
+    from .control.api import ControlServer
     from .systemd import SdNotify
 
     return [ControlServer, SdNotify]

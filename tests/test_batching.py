@@ -8,9 +8,9 @@ import io
 import logging
 import time
 
-from exec_supervisor import locallog
+from exec_supervisor.events import locallog
 from exec_supervisor.events import Event
-from exec_supervisor.instance import TIMER_SLACK, SlackTimers
+from exec_supervisor.supervise.timers import TIMER_SLACK, SlackTimers
 
 
 def test_a_slack_timer_never_runs_before_its_deadline_and_runs_without_other_work() -> None:

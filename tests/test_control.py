@@ -19,7 +19,7 @@ import psutil
 import yaml
 
 from conftest import Farm, marked_processes, wait_until
-from exec_supervisor.client import Client, UnixHTTPConnection
+from exec_supervisor.control.client import Client, UnixHTTPConnection
 
 SLEEP = shutil.which("sleep")
 

@@ -21,7 +21,7 @@ import yaml
 from exec_supervisor import config as config_mod
 from exec_supervisor.devservice import DevService
 from exec_supervisor.events import Event
-from exec_supervisor.forwarder import DEAD_LETTER_FILE, EventForwarder
+from exec_supervisor.events.forwarder import DEAD_LETTER_FILE, EventForwarder
 
 FAST = dict(
     backoff_initial=0.02,

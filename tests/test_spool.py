@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from exec_supervisor.spool import STATE_FILE, Spool, SpoolError
+from exec_supervisor.events.spool import STATE_FILE, Spool, SpoolError
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -93,7 +93,7 @@ CRASHER = textwrap.dedent(
     """
     import os, signal, sys
     sys.path.insert(0, sys.argv[2])
-    from exec_supervisor.spool import Spool
+    from exec_supervisor.events.spool import Spool
     spool = Spool(sys.argv[1], max_bytes=1 << 20, segment_bytes=4096)
     for i in range(200):
         spool.append(("debug", "info", "warning", "error")[i % 4], b'{"level":"info","message":"m%d"}' % i)

@@ -155,7 +155,8 @@ def test_crash_leftovers_are_stopped_before_the_restart(farm: Farm) -> None:
 # The daemon where signalfd is refused (as under some seccomp filters): it falls back to
 # Python's signal handlers with the event loop on the main thread.
 WITHOUT_SIGNALFD = """
-from exec_supervisor import cli, osproc
+from exec_supervisor import cli
+from exec_supervisor.supervise import osproc
 
 class Refused:
     def __init__(self, signals):
@@ -420,7 +421,7 @@ def test_freed_heap_goes_back_to_the_kernel() -> None:
     """The daemon trims the heap after bursts: freed memory between live blocks is returned."""
     probe = r'''
 import sys
-from exec_supervisor import osproc
+from exec_supervisor.supervise import osproc
 
 def rss_kib():
     for line in open("/proc/self/status"):

@@ -18,7 +18,7 @@ import pytest
 
 from conftest import ROOT, Farm, wait_until
 from exec_supervisor import systemd
-from exec_supervisor.client import Client
+from exec_supervisor.control.client import Client
 
 SYSTEMD_ANALYZE = shutil.which("systemd-analyze")
 

@@ -42,7 +42,7 @@ from urllib.parse import urlencode, urlsplit
 
 from . import messages
 from .httpclient import Answer, Channel, TransportError
-from .events import LEVEL_RANK, Event
+from .event import LEVEL_RANK, Event
 from .spool import Record, Spool, SpoolError
 
 __all__ = ["EventForwarder", "SpoolError", "LOG_PATH", "TOKEN_PATH", "build_payload"]

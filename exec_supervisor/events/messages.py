@@ -6,10 +6,9 @@ service can have the supervisor's lines match their executors' own.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable
+from typing import Callable
 
-if TYPE_CHECKING:
-    from .events import Event
+from .event import Event
 
 
 def _seconds(value: float | None) -> str:
@@ -196,3 +195,8 @@ def render(event: "Event", language: str = "en") -> str:
     text = _RENDERERS.get(language, _en)(event)
     sender = event.exec_id or f"exec-supervisor@{event.supervisor}"
     return f"{sender}: {text}"
+
+
+def format_message(event: Event, language: str = "en") -> str:
+    """The human sentence for an event, prefixed with the sender's identity."""
+    return render(event, language)

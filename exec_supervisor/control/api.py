@@ -33,12 +33,13 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from . import __version__
-from .config import parse_ids
-from .events import Event, format_message
+from .. import __version__
+from ..config import parse_ids
+from ..events import Event
+from ..events.messages import format_message
 from .httpserver import (HttpError as ApiError, HttpServer, Request, Response, Router, StreamResponse,
                          json_response as _json)
-from .instance import AT_REST, Instance, State
+from ..supervise.instance import AT_REST, Instance, State
 
 log = logging.getLogger("exec_supervisor")
 

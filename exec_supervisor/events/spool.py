@@ -45,7 +45,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .events import LEVELS
+from .event import LEVELS
 
 STATE_FILE = "state.json"
 LOCK_FILE = "lock"

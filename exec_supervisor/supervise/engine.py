@@ -18,9 +18,10 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from . import osproc
-from .config import ExecutorType, FarmConfig, InstanceSpec
-from .events import Event, EventBus
-from .instance import AT_REST, Cancellable, Instance, SlackTimers, State
+from ..config import ExecutorType, FarmConfig, InstanceSpec
+from ..events import Event, EventBus
+from .instance import AT_REST, Instance, State
+from .timers import Cancellable, SlackTimers
 
 log = logging.getLogger("exec_supervisor")
 

@@ -13,7 +13,8 @@ import sys
 import threading
 import time
 
-from .events import Event, format_message
+from .event import Event
+from .messages import format_message
 
 # Event lines are written many at a time: under churn one write per 50 ms instead of two or
 # three per restart. The first event EVENT_LINES_DELAY or more after the oldest held line

@@ -1,0 +1,338 @@
+"""The typed config: pydantic models per section, InstanceSpec and FarmConfig.
+
+Pure: no file is read here. Validators raise PydanticCustomError with operator-facing
+sentences; problems.py turns them into file:line messages.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal, Mapping
+from urllib.parse import urlsplit
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
+
+from .constants import AUTH_ENV_NAME_RE, DEFAULT_ARGS, MAX_IDS, RESERVED_ENV
+from .values import Command, Duration, IdSet, Int, PathText, Signal, Size, no_nul, none_is_empty, show_value, split_command
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+
+class Backoff(Strict):
+    initial: Duration = 1.0
+    max: Duration = 60.0
+    factor: float = Field(2.0, ge=1.0, le=100.0)
+    jitter: float = Field(0.1, ge=0.0, le=1.0)
+
+    @field_validator("factor", "jitter", mode="before")
+    @classmethod
+    def _number(cls, value: Any) -> Any:
+        if isinstance(value, bool):
+            raise ValueError(f"expected a number, got {value}")
+        return value
+
+    @model_validator(mode="after")
+    def _max_not_below_initial(self) -> "Backoff":
+        if self.max < self.initial:
+            raise ValueError(f"max ({self.max:g}s) is below initial ({self.initial:g}s)")
+        return self
+
+
+class ExecutorSettings(Strict):
+    """Keys allowed both in `defaults` and in each executor type."""
+
+    args: Annotated[list[str], BeforeValidator(split_command)] = list(DEFAULT_ARGS)
+    env: Annotated[dict[str, str], BeforeValidator(none_is_empty)] = {}
+    cwd: PathText = "."
+    restart: Literal["always", "on-failure", "never"] = "always"
+    success_exit_codes: list[Annotated[Int, Field(ge=0, le=255)]] = [0]
+    start_seconds: Duration = 3.0
+    backoff: Annotated[Backoff, BeforeValidator(none_is_empty)] = Backoff()
+    max_restarts: Annotated[Int, Field(ge=1)] | None = None
+    restart_window: Duration = 600.0
+    stop_signal: Signal = int(signal.SIGTERM)
+    stop_timeout: Duration = 10.0
+    log_max_bytes: Size = 10 * 1024**2
+    log_backups: Annotated[Int, Field(ge=0, le=1000)] = 5
+
+    @field_validator("args")
+    @classmethod
+    def _args_without_nul(cls, value: list[str]) -> list[str]:
+        return no_nul(value)
+
+    @field_validator("env", mode="before")
+    @classmethod
+    def _env_values_as_text(cls, value: Any) -> Any:
+        # YAML turns `PORT: 80` into an int; an environment only holds text.
+        if isinstance(value, dict):
+            return {
+                k: ("" if v is None else str(v).lower() if isinstance(v, bool) else str(v))
+                if isinstance(v, (str, int, float, bool)) or v is None
+                else v
+                for k, v in value.items()
+            }
+        return value
+
+    @field_validator("env")
+    @classmethod
+    def _env_names(cls, value: dict[str, str]) -> dict[str, str]:
+        # Messages name the variable, never its value: env is where secrets live.
+        for name, text in value.items():
+            if not name or "=" in name or "\x00" in name:
+                raise ValueError(f"{show_value(name)} is not a usable environment variable name")
+            if name in RESERVED_ENV:
+                raise ValueError(f"{name} is set by the supervisor for each instance; remove it")
+            if "\x00" in text:
+                raise ValueError(f"the value of {name} contains a NUL character")
+        return value
+
+
+class ExecutorType(ExecutorSettings):
+    command: Command
+    ids: IdSet | None = None
+    count: Annotated[Int, Field(ge=0, le=MAX_IDS)] | None = None
+
+    @field_validator("command")
+    @classmethod
+    def _command_not_empty(cls, value: list[str]) -> list[str]:
+        if not value or not value[0]:
+            raise ValueError("command is empty; give the program to run")
+        return no_nul(value)
+
+    @model_validator(mode="after")
+    def _ids_or_count(self) -> "ExecutorType":
+        if self.ids is not None and self.count is not None:
+            raise PydanticCustomError("ids_and_count", "give either ids or count, not both")
+        if self.ids is None and self.count is None:
+            raise PydanticCustomError("ids_or_count", "missing ids (like 0-3) or count (like 4)")
+        return self
+
+    @property
+    def id_list(self) -> tuple[int, ...]:
+        return self.ids if self.ids is not None else tuple(range(self.count or 0))
+
+
+def _env_name_only(value: Any) -> Any:
+    # The value is never repeated: a token pasted here by mistake must not reach a log.
+    # Names must be in capitals (the convention for environment variables), which
+    # also catches most pasted tokens; an all-caps token has digits and no '_'.
+    if value is None:
+        return value
+    if (
+        not isinstance(value, str)
+        or not AUTH_ENV_NAME_RE.fullmatch(value)
+        or (len(value) >= 16 and "_" not in value and re.search(r"\d", value))
+    ):
+        raise ValueError(
+            "must be the name of an environment variable in capitals (like LOG_API_TOKEN), "
+            "not the secret itself (value not shown)"
+        )
+    return value
+
+
+def _secret_path(value: Any) -> Any:
+    if value is None:
+        return value
+    if not isinstance(value, str) or not value.strip() or "\x00" in value or "\n" in value:
+        raise ValueError("must be the path of a file holding the token (value not shown)")
+    return value
+
+
+class AuthConfig(Strict):
+    """How the supervisor authenticates to the log API. Holds env var names and a file path, never secrets."""
+
+    token_env: Annotated[str | None, BeforeValidator(_env_name_only)] = None
+    token_file: Annotated[str | None, BeforeValidator(_secret_path)] = None
+    username_env: Annotated[str | None, BeforeValidator(_env_name_only)] = None
+    password_env: Annotated[str | None, BeforeValidator(_env_name_only)] = None
+
+    @model_validator(mode="after")
+    def _one_method(self) -> "AuthConfig":
+        methods = [
+            bool(self.token_env),
+            bool(self.token_file),
+            bool(self.username_env or self.password_env),
+        ]
+        if sum(methods) > 1:
+            raise ValueError("use one of token_env, token_file, or username_env + password_env")
+        if bool(self.username_env) != bool(self.password_env):
+            raise ValueError("username_env and password_env go together")
+        return self
+
+
+class ServiceConfig(Strict):
+    host: str = "http://127.0.0.1:8083/"
+    auth: Annotated[AuthConfig, BeforeValidator(none_is_empty)] = AuthConfig()
+
+    @field_validator("host")
+    @classmethod
+    def _http_url_with_slash(cls, value: str) -> str:
+        try:
+            parts = urlsplit(value)
+            parts.port  # noqa: B018 - raises on a bad port
+        except ValueError:
+            parts = None
+        if (
+            parts is None
+            or parts.scheme not in ("http", "https")
+            or not parts.hostname
+            or re.search(r"\s|\x00", value)
+        ):
+            raise ValueError(f"{show_value(value)} is not an http:// or https:// URL")
+        if parts.username or parts.password:
+            raise ValueError("holds credentials; put them in service.auth instead (value not shown)")
+        if parts.query or parts.fragment:
+            raise ValueError(f"{show_value(value)}: the base URL cannot have a ?query or #fragment")
+        # Executors append 'api/...' to it; without the slash the service answers 307.
+        return value if value.endswith("/") else value + "/"
+
+
+class SupervisorConfig(Strict):
+    name: str = Field(default_factory=socket.gethostname, min_length=1)
+    state_dir: PathText | None = None
+    log_dir: PathText | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _printable(cls, value: str) -> str:
+        if not value.isprintable():
+            raise ValueError(f"{show_value(value)} holds control characters")
+        return value
+
+
+class EventsConfig(Strict):
+    min_level: Literal["debug", "info", "warning", "error"] = "info"
+    language: Literal["en", "zh"] = "en"
+    spool_max_bytes: Size = 64 * 1024**2
+    forward: bool = True
+
+
+class ControlConfig(Strict):
+    socket: PathText | None = None
+    socket_mode: Annotated[int, Field(ge=0, le=0o777)] = 0o600
+    group: str | None = None
+
+    @field_validator("socket_mode", mode="before")
+    @classmethod
+    def _octal(cls, value: Any) -> Any:
+        # YAML 1.1 reads 0660 as octal already, 660 as decimal and '0o660' as text:
+        # accept all of them as the octal mode they mean.
+        if isinstance(value, bool):
+            raise ValueError(f"expected an octal mode like 0660, got {value}")
+        if isinstance(value, str):
+            try:
+                return int(value.strip(), 8)
+            except ValueError:
+                raise ValueError(f"{show_value(value)} is not an octal mode like 0660") from None
+        if isinstance(value, int) and value > 0o777:
+            if set(str(value)) <= set("01234567"):
+                return int(str(value), 8)
+            raise ValueError(f"{value} is not an octal mode like 0660")
+        return value
+
+
+# The top-level sections that are plain models (defaults and executors are checked by hand).
+SECTIONS: dict[str, type[Strict]] = {
+    "service": ServiceConfig,
+    "supervisor": SupervisorConfig,
+    "events": EventsConfig,
+    "control": ControlConfig,
+}
+TOP_KEYS = ("service", "supervisor", "defaults", "executors", "events", "control")
+
+# --------------------------------------------------------------------------- result
+
+
+@dataclass(frozen=True, slots=True)
+class InstanceSpec:
+    """What one instance runs. A change in argv/env/cwd means a restart; policy changes apply in place."""
+
+    type: str
+    id: int
+    exec_id: str
+    argv: tuple[str, ...]
+    env: tuple[tuple[str, str], ...]
+    cwd: str
+
+    @property
+    def launch_key(self) -> tuple[Any, ...]:
+        return (self.argv, self.env, self.cwd)
+
+
+@dataclass(frozen=True)
+class FarmConfig:
+    path: Path
+    base_dir: Path
+    service: ServiceConfig
+    name: str
+    state_dir: Path
+    log_dir: Path
+    events: EventsConfig
+    control: ControlConfig
+    # Each type with defaults merged in; its cwd is absolute.
+    executors: Mapping[str, ExecutorType]
+    # The resolved program path per type, after {python} and PATH lookup.
+    programs: Mapping[str, str]
+
+    @property
+    def socket_path(self) -> Path:
+        # load() makes control.socket absolute (against the config file's folder).
+        return Path(self.control.socket) if self.control.socket else self.state_dir / "control.sock"
+
+    def ids_of(self, type_name: str) -> tuple[int, ...]:
+        return self.executors[type_name].id_list
+
+    def instance_spec(self, type_name: str, instance_id: int) -> InstanceSpec:
+        """The spec of one instance (which need not be in the configured id set: scale adds ids)."""
+        executor = self.executors[type_name]
+        exec_id = f"ET-{type_name}-{instance_id}"
+        values = placeholder_values(type_name, instance_id, self.service.host)
+        # Interned: most arguments (the service host, say) are the same text for every instance.
+        argv = (self.programs[type_name],) + tuple(
+            sys.intern(arg.format_map(values)) for arg in executor.command[1:]
+        ) + tuple(sys.intern(arg.format_map(values)) for arg in executor.args)
+        env = dict(executor.env)
+        env.update(
+            ET_EXEC_ID=exec_id,
+            ET_NAME=type_name,
+            ET_ID=str(instance_id),
+            ET_SERVICE_HOST=self.service.host,
+        )
+        cwd = sys.intern(os.path.normpath(os.path.join(self.base_dir, executor.cwd)))
+        return InstanceSpec(type_name, instance_id, exec_id, argv, tuple(sorted(env.items())), cwd)
+
+    def planned(self) -> list[InstanceSpec]:
+        return [
+            self.instance_spec(name, instance_id)
+            for name, executor in self.executors.items()
+            for instance_id in executor.id_list
+        ]
+
+
+def placeholder_values(type_name: str, instance_id: int, service_host: str) -> dict[str, str]:
+    return {
+        "id": str(instance_id),
+        "name": type_name,
+        "exec_id": f"ET-{type_name}-{instance_id}",
+        "service_host": service_host,
+        "python": sys.executable,
+    }
+
+
+# --------------------------------------------------------------------------- reading YAML with lines

@@ -1,0 +1,170 @@
+"""YAML with line marks: a loader that records where every key and item stood.
+
+The one place that touches PyYAML. Never parses YAML by hand: PyYAML's (C) loader does,
+and this module only remembers node positions for error messages.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import ConfigError, Problem
+
+try:  # the C parser is ~10x faster; fall back when libyaml is missing
+    from yaml import CSafeLoader as _BaseLoader
+except ImportError:  # pragma: no cover
+    from yaml import SafeLoader as _BaseLoader  # type: ignore[assignment]
+
+
+class _MarkedLoader(_BaseLoader):  # type: ignore[misc,valid-type]
+    """A safe loader that remembers the line of every map key and list item, and duplicate keys."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self.keep: list[Any] = []  # the containers, so their id() stays theirs
+        self.starts: dict[int, int] = {}  # id(container) -> line it starts on
+        self.marks: dict[int, dict[Any, int]] = {}  # id(container) -> key/index -> line
+        self.duplicates: list[tuple[int, Any, int, int]] = []  # id(map), key, line, first line
+
+    def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
+        try:
+            return super().construct_object(node, deep)
+        except yaml.YAMLError:
+            raise
+        except Exception as exc:  # e.g. `2024-13-45` is a timestamp with a bad month
+            raise yaml.constructor.ConstructorError(
+                None, None, f"cannot read this value ({exc})", node.start_mark
+            ) from None
+
+
+def _construct_map(loader: _MarkedLoader, node: yaml.MappingNode) -> Any:
+    data: dict[Any, Any] = {}
+    loader.keep.append(data)
+    loader.starts[id(data)] = node.start_mark.line + 1
+    yield data
+    own = [key_node for key_node, _ in node.value if key_node.tag != "tag:yaml.org,2002:merge"]
+    data.update(loader.construct_mapping(node))  # flattens `<<` merges into node.value
+    lines: dict[Any, int] = {}
+    for key_node, _ in node.value:  # merged keys first, then the map's own
+        lines[loader.construct_object(key_node)] = key_node.start_mark.line + 1
+    first: dict[Any, int] = {}
+    for key_node in own:
+        key = loader.construct_object(key_node)
+        line = key_node.start_mark.line + 1
+        if key in first:
+            loader.duplicates.append((id(data), key, line, first[key]))
+        else:
+            first[key] = line
+    loader.marks[id(data)] = lines
+
+
+def _construct_seq(loader: _MarkedLoader, node: yaml.SequenceNode) -> Any:
+    data: list[Any] = []
+    loader.keep.append(data)
+    loader.starts[id(data)] = node.start_mark.line + 1
+    yield data
+    data.extend(loader.construct_sequence(node))
+    loader.marks[id(data)] = {i: item.start_mark.line + 1 for i, item in enumerate(node.value)}
+
+
+_MarkedLoader.add_constructor("tag:yaml.org,2002:map", _construct_map)
+_MarkedLoader.add_constructor("tag:yaml.org,2002:seq", _construct_seq)
+
+
+class LineIndex:
+    """Maps a key path (through the loaded data) to the line of that key or list item."""
+
+    def __init__(self, root: Any, loader: _MarkedLoader) -> None:
+        self.root = root
+        self.keep = loader.keep
+        self.starts = loader.starts
+        self.marks = loader.marks
+        self.duplicates: list[tuple[tuple[Any, ...], int, int]] = []
+        if loader.duplicates:
+            paths = self._container_paths()
+            for container, key, line, first in loader.duplicates:
+                if container in paths:
+                    self.duplicates.append((paths[container] + (key,), line, first))
+
+    def _container_paths(self) -> dict[int, tuple[Any, ...]]:
+        paths: dict[int, tuple[Any, ...]] = {}
+        stack: list[tuple[Any, tuple[Any, ...]]] = [(self.root, ())]
+        while stack:
+            value, path = stack.pop()
+            if not isinstance(value, (dict, list)) or id(value) in paths:
+                continue
+            paths[id(value)] = path
+            items = value.items() if isinstance(value, dict) else enumerate(value)
+            stack.extend((child, path + (key,)) for key, child in items)
+        return paths
+
+    def line(self, path: tuple[Any, ...]) -> int | None:
+        current = self.root
+        line = self.starts.get(id(current))
+        for part in path:
+            marks = self.marks.get(id(current))
+            if marks is None or not isinstance(current, (dict, list)):
+                break
+            try:
+                found = marks.get(part)
+            except TypeError:  # an unhashable part
+                break
+            if found is None:
+                break
+            line = found
+            current = current[part]
+        return line
+
+
+def has_key(mapping: dict[Any, Any], key: Any) -> bool:
+    try:
+        return key in mapping
+    except TypeError:
+        return False
+
+
+def read_yaml(path: Path, display: str) -> tuple[Any, LineIndex]:
+    def fail(message: str, line: int | None = None) -> ConfigError:
+        return ConfigError([Problem(display, line, "", message)])
+
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except FileNotFoundError:
+        raise fail("no such file") from None
+    except IsADirectoryError:
+        raise fail("is a directory, not a config file") from None
+    except PermissionError:
+        raise fail("cannot read it: permission denied") from None
+    except UnicodeDecodeError:
+        raise fail("not a YAML file: it is not UTF-8 text") from None
+    except OSError as exc:
+        raise fail(f"cannot read it: {exc.strerror or exc}") from None
+    except ValueError as exc:  # e.g. a NUL character in the path
+        raise fail(f"cannot read it: {exc}") from None
+    loader = _MarkedLoader(text)
+    try:
+        node = loader.get_single_node()
+        data = loader.construct_document(node) if node is not None else None
+        if node is not None and id(data) not in loader.starts:
+            loader.keep.append(data)
+            loader.starts[id(data)] = node.start_mark.line + 1  # a scalar: where it is
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        what = exc.problem or exc.context or "unreadable"
+        raise fail(f"not valid YAML: {what}", mark.line + 1 if mark else None) from None
+    except yaml.reader.ReaderError as exc:
+        line = text.count("\n", 0, exc.position) + 1
+        raise fail(f"not valid YAML: character {exc.character!r} is not allowed", line) from None
+    except yaml.YAMLError as exc:
+        raise fail(f"not valid YAML: {str(exc).splitlines()[0] if str(exc) else 'unreadable'}") from None
+    except RecursionError:
+        raise fail("not valid YAML: nested too deeply") from None
+    finally:
+        loader.dispose()
+    return data, LineIndex(data, loader)
+
+
+# --------------------------------------------------------------------------- collecting problems
