@@ -109,7 +109,7 @@ def index(rows: list[dict[str, Any]]) -> dict[tuple[str, str, int, str], dict[st
 
 
 def targets(rows: list[dict[str, Any]], meta: dict[str, Any]) -> list[tuple[str, str, str]]:
-    """(target, measured, verdict) for issue 6's targets, at the largest N measured."""
+    """(target, measured, verdict) for each benchmark target, at the largest N measured."""
     ix = index(rows)
 
     def get(w: str, m: str, sup: str = ES, n: int | None = None) -> tuple[float, int | None]:
@@ -250,7 +250,7 @@ def render(result: dict[str, Any]) -> str:
         L.extend(notes)
         L.append("")
 
-    L.append("## Targets of issue 6 (exec-supervisor)\n")
+    L.append("## Targets (exec-supervisor)\n")
     L.append("| target | measured | verdict |")
     L.append("|---|---|---|")
     for t, v, ok in targets(rows, meta):

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""exec-supervisor vs supervisord vs circus vs the posix_spawn limit (issue 6).
+"""exec-supervisor vs supervisord vs circus vs the posix_spawn limit, side by side in one run.
 
     python bench/run.py --quick                      # a few minutes, N=100
     python bench/run.py --full                       # N = 100, 500, 1000

@@ -1,4 +1,4 @@
-"""Workloads 1-9 of issue 6. Each appends result rows to `rows`; a row is
+"""The benchmark workloads (bench/README.md lists them). Each appends result rows to `rows`; a row is
 
     {"workload", "metric", "n", "supervisor", "unit", "better": "lower"|"higher",
      "summary": "median"|"p95"|"max", "samples": [...], "note": str}

@@ -57,7 +57,7 @@ def run_bench(out: Path, *args: str, timeout: float) -> dict[str, Any]:
     data = json.loads((out / "results.json").read_text())
     report = (out / "report.md").read_text()
     assert report.startswith("# exec-supervisor benchmark (smoke mode)")
-    for section in ("## Results", "## Targets of issue 6", "## Settings", "## Run health"):
+    for section in ("## Results", "## Targets (exec-supervisor)", "## Settings", "## Run health"):
         assert section in report
     assert f"{os.cpu_count()} cores" in report
     meta = data["meta"]
