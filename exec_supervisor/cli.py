@@ -96,7 +96,7 @@ def _call(client: Any, method: str, path: str, body: Any = None, timeout: float 
 
 
 def _report_lagging(data: dict[str, Any]) -> None:
-    from .control.client import describe_exit
+    from .control.render import describe_exit
 
     for item in data.get("lagging") or []:
         click.echo(f"  {item.get('exec_id')}: {item.get('state')} (last exit: {describe_exit(item.get('last_exit'))})",
@@ -190,7 +190,8 @@ def check(config: str) -> None:
 @control_options
 def status(target: str, as_json: bool, config_path: str, socket_path: str | None) -> None:
     """Show every instance (or TARGET: all | <Type> | ET-<Type>-<id>) and the supervisor."""
-    from .control.client import path_with_query, render_status
+    from .control.client import path_with_query
+    from .control.render import render_status
 
     data = _call(_client(config_path, socket_path), "GET", path_with_query("/v1/status", target=target))
     click.echo(json.dumps(data, indent=2) if as_json else render_status(data))
@@ -349,7 +350,8 @@ def logs(exec_id: str, lines: int, follow: bool, config_path: str, socket_path: 
 @control_options
 def events(lines: int, follow: bool, as_json: bool, config_path: str, socket_path: str | None) -> None:
     """Recent lifecycle events and the delivery backlog to the log API."""
-    from .control.client import path_with_query, render_backlog, render_event
+    from .control.client import path_with_query
+    from .control.render import render_backlog, render_event
 
     client = _client(config_path, socket_path)
     if follow:

@@ -280,7 +280,7 @@ class Daemon:
 
 def default_extensions() -> list[Callable[[], Any]]:
     """Always installed: the control socket (status, scale, reload, ...) and sd_notify (a no-op outside systemd)."""
-    from .control.api import ControlServer
+    from .control.server import ControlServer
     from .systemd import SdNotify
 
     return [ControlServer, SdNotify]

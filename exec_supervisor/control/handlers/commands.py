@@ -1,0 +1,187 @@
+"""Operator commands: scale, start, stop, restart, reload, shutdown.
+
+Owns the endpoints that change the farm. Each one only changes the engine's desired
+(or known) state through the engine's own methods and lets the reconcile loop act;
+then, when asked to wait, it waits for the instances to settle and names the ones
+that did not. It must never start, signal or stop a process itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from typing import TYPE_CHECKING, Any
+
+from ...config import parse_ids
+from ...supervise.instance import AT_REST, Instance, State
+from ..httpserver import HttpError as ApiError, Request, Response, json_response as _json
+from ..params import TYPE_RE, body_of, flag, known_type, number, select
+from ..route import Route
+
+if TYPE_CHECKING:
+    from ..server import ControlServer
+
+MAX_INSTANCES_PER_TYPE = 100_000
+MAX_WAIT_SECONDS = 3600.0
+
+
+def _max_policy(instances: list[Instance], attribute: str, default: float) -> float:
+    return max((getattr(i.policy, attribute) for i in instances), default=default)
+
+
+def _settle_budget(instances: list[Instance]) -> float:
+    return _max_policy(instances, "stop_timeout", 10.0) + _max_policy(instances, "start_seconds", 3.0) + 60.0
+
+
+def _describe(ctl: ControlServer, exec_ids: list[str]) -> list[dict[str, Any]]:
+    out = []
+    for exec_id in exec_ids:
+        instance = ctl.engine.instances.get(exec_id)
+        out.append({"exec_id": exec_id, "state": instance.state.value if instance else "gone",
+                    "last_exit": instance.last_exit if instance else None})
+    return out
+
+
+async def scale(ctl: ControlServer, request: Request) -> Response:
+    body = await body_of(request)
+    ctl.check_running()
+    changes = body.get("scale")
+    if not isinstance(changes, dict) or not changes:
+        raise ApiError(400, 'scale needs {"scale": {"<Type>": <count> | "<ids like 0-4,10>"}}')
+    wait = flag(body.get("wait"), "wait", False)
+    timeout = number(body.get("timeout"), "timeout", None, 0, MAX_WAIT_SECONDS)
+    engine = ctl.engine
+    plan: list[tuple[str, int | None, tuple[int, ...] | None]] = []
+    for type_name, value in changes.items():
+        if not isinstance(type_name, str) or not TYPE_RE.fullmatch(type_name):
+            raise ApiError(400, f"{type_name!r} is not a type name")
+        known_type(engine, type_name)
+        if isinstance(value, int) and not isinstance(value, bool):
+            if not 0 <= value <= MAX_INSTANCES_PER_TYPE:
+                raise ApiError(400, f"{type_name}: count must be between 0 and {MAX_INSTANCES_PER_TYPE}, "
+                                    f"got {value}")
+            plan.append((type_name, value, None))
+        elif isinstance(value, (str, list)):
+            try:
+                ids = parse_ids(value)
+            except ValueError as exc:
+                raise ApiError(400, f"{type_name}: {exc}") from None
+            plan.append((type_name, None, ids))
+        else:
+            raise ApiError(400, f"{type_name}: expected a count (like 10) or ids (like \"0-4,10\"), "
+                                f"got {json.dumps(value)[:60]}")
+    results = []
+    for type_name, wanted, ids in plan:
+        results.append(await engine.scale(type_name, count=wanted, ids=ids))
+    lagging: list[str] = []
+    if wait:
+        budget = timeout if timeout is not None else _settle_budget(
+            [i for i in engine.instances.values() if i.spec.type in changes])
+        lagging = await engine.wait_settled([t for t, _, _ in plan], budget)
+    answer: dict[str, Any] = {"ok": not lagging, "results": results}
+    if wait:
+        answer["lagging"] = _describe(ctl, lagging)
+        if lagging:
+            answer["error"] = f"{len(lagging)} instance(s) did not reach their target in time"
+    return _json(answer)
+
+
+async def _command_args(ctl: ControlServer,
+                        request: Request) -> tuple[list[Instance], dict[str, Any], bool, float | None]:
+    body = await body_of(request)
+    ctl.check_running()
+    instances = select(ctl.engine, body.get("target"))
+    wait = flag(body.get("wait"), "wait", True)
+    timeout = number(body.get("timeout"), "timeout", None, 0, MAX_WAIT_SECONDS)
+    return instances, body, wait, timeout
+
+
+async def start(ctl: ControlServer, request: Request) -> Response:
+    instances, body, wait, timeout = await _command_args(ctl, request)
+    instances = ctl.engine.not_retiring(instances)
+    await ctl.engine.start_instances(instances)
+    budget = timeout if timeout is not None else _max_policy(instances, "start_seconds", 3.0) + 30
+    return await _settled(ctl, body["target"], instances, wait, budget, (State.RUNNING,))
+
+
+async def stop(ctl: ControlServer, request: Request) -> Response:
+    instances, body, wait, timeout = await _command_args(ctl, request)
+    await ctl.engine.stop_instances(instances)
+    budget = timeout if timeout is not None else _max_policy(instances, "stop_timeout", 10.0) + 10
+    return await _settled(ctl, body["target"], instances, wait, budget, AT_REST)
+
+
+async def restart(ctl: ControlServer, request: Request) -> Response:
+    instances, body, wait, timeout = await _command_args(ctl, request)
+    instances = ctl.engine.not_retiring(instances)
+    rolling = flag(body.get("rolling"), "rolling", False)
+    if rolling:
+        failed = await ctl.engine.restart_instances(instances, rolling=True)
+        answer: dict[str, Any] = {"ok": not failed, "target": body["target"], "rolling": True,
+                                  "instances": [i.spec.exec_id for i in instances]}
+        if failed:
+            done = [i.spec.exec_id for i in instances]
+            rest = done[done.index(failed[0]) + 1:] if failed[0] in done else []
+            answer["lagging"] = _describe(ctl, failed)
+            answer["not_restarted"] = rest
+            answer["error"] = (f"{failed[0]} did not come back to running; "
+                               f"{len(rest)} instance(s) after it were not restarted")
+        return _json(answer)
+    await ctl.engine.restart_instances(instances, rolling=False)
+    budget = timeout if timeout is not None else _settle_budget(instances)
+    return await _settled(ctl, body["target"], instances, wait, budget, (State.RUNNING,))
+
+
+async def _settled(ctl: ControlServer, target: str, instances: list[Instance], wait: bool, budget: float,
+                   states: tuple[State, ...]) -> Response:
+    answer: dict[str, Any] = {"ok": True, "target": target, "instances": [i.spec.exec_id for i in instances]}
+    if not wait or not instances:
+        return _json(answer)
+    if states == AT_REST:
+        async def settle(instance: Instance) -> bool:
+            try:
+                await asyncio.wait_for(instance.wait_at_rest(), budget)
+                return True
+            except asyncio.TimeoutError:
+                return False
+    else:
+        # fatal/exited end the wait early: they will not reach running by themselves.
+        async def settle(instance: Instance) -> bool:
+            await instance.wait_until(states + (State.FATAL, State.EXITED), budget)
+            return instance.state in states
+    results = await asyncio.gather(*(settle(i) for i in instances))
+    lagging = [i.spec.exec_id for i, ok in zip(instances, results) if not ok]
+    if lagging:
+        answer["ok"] = False
+        answer["lagging"] = _describe(ctl, lagging)
+        wanted = "/".join(s.value for s in states)
+        answer["error"] = f"{len(lagging)} of {len(instances)} instance(s) did not reach {wanted}"
+    return _json(answer)
+
+
+async def reload(ctl: ControlServer, request: Request) -> Response:
+    await body_of(request)
+    ctl.check_running()
+    result = await ctl.daemon.reload()
+    if not result.get("ok"):
+        return _json({"error": "the new config has errors; nothing was changed", **result}, 422)
+    return _json(result)
+
+
+async def shutdown(ctl: ControlServer, request: Request) -> Response:
+    await body_of(request)
+    running = ctl.engine.live_count()
+    already = ctl.is_stopping
+    asyncio.get_running_loop().call_soon(ctl.daemon.request_stop, "shutdown requested over the control socket")
+    return _json({"ok": True, "pid": os.getpid(), "instances": running, "already_stopping": already}, 202)
+
+
+ROUTES = [
+    Route("POST", "/scale", scale),
+    Route("POST", "/start", start),
+    Route("POST", "/stop", stop),
+    Route("POST", "/restart", restart),
+    Route("POST", "/reload", reload),
+    Route("POST", "/shutdown", shutdown),
+]

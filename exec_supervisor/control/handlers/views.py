@@ -1,0 +1,121 @@
+"""Read-only views of the farm: the endpoint index, health, and status.
+
+Owns what `GET /v1`, `/v1/health` and `/v1/status` answer. These handlers only read
+the daemon and the engine; they must never change the desired state (that is
+commands.py) and never stream (that is streams.py).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import TYPE_CHECKING, Any
+
+from ... import __version__
+from ...supervise.instance import Instance, State
+from ..httpserver import Request, Response, json_response as _json
+from ..params import select
+from ..route import Route
+
+if TYPE_CHECKING:
+    from ..server import ControlServer
+
+
+async def index(ctl: ControlServer, request: Request) -> Response:
+    return _json({
+        "service": "exec-supervisor", "version": __version__,
+        "endpoints": [route.shown for route in ctl.routes if route.listed],
+    })
+
+
+async def health(ctl: ControlServer, request: Request) -> Response:
+    return _json({"ok": True, "pid": os.getpid(), "version": __version__, "state": ctl.state(),
+                  "name": ctl.daemon.config.name})
+
+
+def _row(ctl: ControlServer, instance: Instance) -> dict[str, Any]:
+    row = instance.snapshot()
+    cpu = rss = None
+    if instance.pid is not None:
+        cpu, rss = ctl.stats.sample(instance.pid)
+    row["cpu_percent"] = cpu
+    row["rss"] = rss
+    row["held"] = instance.spec.exec_id in ctl.engine.held
+    row["log"] = str(instance.log_path)
+    return row
+
+
+async def status(ctl: ControlServer, request: Request) -> Response:
+    target = request.query.get("target") or "all"
+    engine = ctl.engine
+    instances = select(engine, target)
+    rows = [_row(ctl, i) for i in instances]
+    ctl.stats.prune({i.pid for i in engine.instances.values() if i.pid is not None} | {os.getpid()})
+    members: dict[str, list[Instance]] = {}
+    for instance in engine.instances.values():  # one pass, whatever the number of types
+        members.setdefault(instance.spec.type, []).append(instance)
+    shown_types = {i.spec.type for i in instances} | ({target} if target in engine.config.executors else set())
+    types = []
+    for type_name in engine.config.executors:
+        if target not in ("all", "*") and type_name not in shown_types:
+            continue
+        group = members.get(type_name, [])
+        scaled = type_name in engine.scaled
+        types.append({
+            "type": type_name,
+            "running": sum(1 for i in group if i.state is State.RUNNING),
+            "desired": sum(1 for i in group if i.want_running),
+            "instances": len(group),
+            "configured": len(engine.config.ids_of(type_name)),
+            "scaled": len(engine.ids_of(type_name)) if scaled else None,
+            "ids": compact_ids(engine.ids_of(type_name)),
+            "configured_ids": compact_ids(engine.config.ids_of(type_name)),
+            "held": sum(1 for i in group if i.spec.exec_id in engine.held),
+        })
+    cpu, rss = ctl.stats.sample(os.getpid())
+    counts = engine.counts()
+    daemon = ctl.daemon
+    supervisor = {
+        "name": daemon.config.name,
+        "pid": os.getpid(),
+        "version": __version__,
+        "state": ctl.state(),
+        "started": daemon.started_at,
+        "uptime": round(time.time() - daemon.started_at, 3),
+        "config": str(daemon.config.path),
+        "socket": str(ctl.path),
+        "state_dir": str(daemon.config.state_dir),
+        "log_dir": str(daemon.config.log_dir),
+        "cpu_percent": cpu,
+        "rss": rss,
+        "running": counts["running"],
+        "desired": counts["desired"],
+        "instances": counts["instances"],
+        "forwarding": daemon.forwarder is not None,
+        "backlog": ctl.backlog(),
+    }
+    return _json({"supervisor": supervisor, "types": types, "instances": rows})
+
+
+def compact_ids(ids: Any) -> str:
+    """(0, 1, 2, 3, 10) -> '0-3,10'."""
+    parts: list[str] = []
+    run: list[int] = []
+    for number in sorted(ids):
+        if run and number == run[-1] + 1:
+            run.append(number)
+            continue
+        if run:
+            parts.append(str(run[0]) if len(run) == 1 else f"{run[0]}-{run[-1]}")
+        run = [number]
+    if run:
+        parts.append(str(run[0]) if len(run) == 1 else f"{run[0]}-{run[-1]}")
+    return ",".join(parts)
+
+
+ROUTES = [
+    Route("GET", "", index, listed=False),
+    Route("GET", "/", index, listed=False),
+    Route("GET", "/health", health),
+    Route("GET", "/status", status, query="?target="),
+]

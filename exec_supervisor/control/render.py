@@ -1,0 +1,126 @@
+"""Human renderings of control API answers, for the CLI: status tables, events, durations, sizes.
+
+Owns the text an operator reads (the CLI's output, byte for byte). Pure functions of
+the API's JSON: it must not talk to the daemon (client.py) or read anything else.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+
+def human_duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    seconds = int(max(seconds, 0))
+    days, rest = divmod(seconds, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    if days:
+        return f"{days}d{hours:02d}h"
+    if hours:
+        return f"{hours}h{minutes:02d}m"
+    if minutes:
+        return f"{minutes}m{secs:02d}s"
+    return f"{secs}s"
+
+
+def human_bytes(size: int | None) -> str:
+    if size is None:
+        return "-"
+    value = float(size)
+    for unit in ("B", "K", "M", "G"):
+        if value < 1024 or unit == "G":
+            return f"{value:.0f}{unit}" if unit == "B" else f"{value:.1f}{unit}"
+        value /= 1024
+    return f"{value:.1f}G"  # pragma: no cover
+
+
+def describe_exit(last_exit: dict[str, Any] | None, now: float | None = None) -> str:
+    if not last_exit:
+        return "-"
+    if last_exit.get("error"):
+        what = f"spawn failed: {last_exit['error']}"
+    elif last_exit.get("signal"):
+        what = str(last_exit["signal"])
+    else:
+        what = f"exit {last_exit.get('exit_code')}"
+    when = last_exit.get("time")
+    if isinstance(when, (int, float)):
+        what += f", {human_duration((now or time.time()) - when)} ago"
+    return what
+
+
+def render_status(data: dict[str, Any]) -> str:
+    now = time.time()
+    header = ("EXEC ID", "STATE", "PID", "UPTIME", "RESTARTS", "CPU%", "RSS", "LAST EXIT")
+    rows = []
+    for row in data.get("instances", []):
+        state = row.get("state", "?") + (" (held)" if row.get("held") else "")
+        cpu = row.get("cpu_percent")
+        rows.append((
+            row.get("exec_id", "?"), state,
+            str(row["pid"]) if row.get("pid") else "-",
+            human_duration(row.get("uptime")),
+            str(row.get("restarts", 0)),
+            "-" if cpu is None else f"{cpu:.1f}",
+            human_bytes(row.get("rss")),
+            describe_exit(row.get("last_exit"), now),
+        ))
+    lines = []
+    if rows:
+        widths = [max(len(header[i]), *(len(r[i]) for r in rows)) for i in range(len(header) - 1)]
+        fmt = "  ".join(f"{{:<{w}}}" for w in widths) + "  {}"
+        lines.append(fmt.format(*header))
+        lines.extend(fmt.format(*r) for r in rows)
+        lines.append("")
+    for summary in data.get("types", []):
+        text = f"{summary['type']}: {summary['running']}/{summary['desired']} running"
+        notes = []
+        if summary.get("scaled") is not None:
+            if summary["scaled"] != summary.get("configured"):
+                notes.append(f"scaled to {summary['scaled']}, config says {summary['configured']}")
+            else:
+                notes.append(f"ids {summary.get('ids')} set at runtime, config says {summary.get('configured_ids')}")
+        if summary.get("held"):
+            notes.append(f"{summary['held']} held stopped")
+        if notes:
+            text += " (" + "; ".join(notes) + ")"
+        lines.append(text)
+    sup = data.get("supervisor", {})
+    lines.append(
+        f"exec-supervisor {sup.get('version', '?')} ({sup.get('name', '?')}): pid {sup.get('pid', '?')}, "
+        f"{sup.get('state', '?')}, up {human_duration(sup.get('uptime'))}, "
+        f"{sup.get('running', 0)}/{sup.get('desired', 0)} instances running, "
+        f"CPU {sup.get('cpu_percent') if sup.get('cpu_percent') is not None else '-'}%, "
+        f"RSS {human_bytes(sup.get('rss'))}"
+    )
+    lines.append(render_backlog(sup.get("forwarding"), sup.get("backlog")))
+    return "\n".join(lines)
+
+
+def render_backlog(forwarding: Any, backlog: dict[str, Any] | None) -> str:
+    if not forwarding:
+        return "event delivery: off (events.forward: false)"
+    if not backlog:
+        return "event delivery: no figures yet"
+    if backlog.get("error"):
+        return f"event delivery: figures unavailable ({backlog['error']})"
+    oldest = backlog.get("oldest_age")
+    text = f"event delivery backlog: {backlog.get('count', 0)} pending"
+    if oldest is not None:
+        text += f", oldest {human_duration(oldest)} old"
+    text += f"; last error: {backlog.get('last_error') or '-'}"
+    return text
+
+
+def render_event(event: dict[str, Any]) -> str:
+    when = event.get("time")
+    stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(when)) if isinstance(when, (int, float)) else "?"
+    message = str(event.get("message") or event.get("event"))
+    first, _, rest = message.partition("\n")
+    text = f"{stamp} {event.get('level', '?'):<7} {first}"
+    if rest:
+        text += "\n" + "\n".join("    " + line for line in rest.splitlines())
+    return text
