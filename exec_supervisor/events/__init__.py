@@ -4,8 +4,12 @@
     messages.py   human sentences in English and Chinese
     bus.py        fan-out to sinks
     locallog.py   the daemon's own stderr/journald log
-    spool.py      the durable on-disk backlog
-    forwarder.py  delivery to the WeFastAPI log API (auth.py, payload.py beside it)
+    spool.py      the durable on-disk backlog: seqs, size cap, what is consumed, locking
+    spoolfiles.py the spool's files: segment and state.json formats, indexing, repairs
+    payload.py    the JSON of one event for the log API, and reading its answers
+    auth.py       the forwarder's credentials: token env/file, login, renewal, fix-it advice
+    delivery.py   delivery counters and status, the recent list, the dead-letter file
+    forwarder.py  the sender and flusher threads: delivery to the WeFastAPI log API
     httpclient.py the keep-alive HTTP connection the sender uses
 
 Imports flow down this list's dependencies only: nothing here imports config, supervise or control.

@@ -24,197 +24,39 @@ any other 4xx (422, ...)    move that one event to <state_dir>/events-dead-lette
 
 Secrets (tokens, passwords) only ever go into request headers and the token
 form; they never reach a log line, an event, ``backlog()`` or an exception text.
+
+This module owns the two threads, the policy in the table above (retry, backoff,
+slow retry, dead-lettering, the stop deadline) and the config reloads. What it
+decides is carried out by its neighbours: payload.py builds each event's JSON,
+auth.py holds the credentials and logs in, delivery.py keeps the counters, the
+status the control API shows, the one-time error lines and the dead-letter file,
+and spool.py stores what is pending. It must not touch the spool's files or
+word a credential into anything but a request header.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 import random
-import socket
 import threading
 import time
-from collections import deque
-from datetime import datetime, timezone
 from typing import Any, Callable
-from urllib.parse import urlencode, urlsplit
 
-from . import messages
-from .httpclient import Answer, Channel, TransportError
+from .auth import AuthProblem, Credentials
+from .delivery import DEAD_LETTER_FILE, DeadLetterFile, DeliveryStatus
 from .event import LEVEL_RANK, Event
+from .httpclient import Channel, TransportError
+from .payload import answer_detail, build_payload, encode_payload, retry_after
 from .spool import Record, Spool, SpoolError
 
-__all__ = ["EventForwarder", "SpoolError", "LOG_PATH", "TOKEN_PATH", "build_payload"]
+__all__ = ["EventForwarder", "SpoolError", "LOG_PATH", "TOKEN_PATH", "DEAD_LETTER_FILE", "build_payload"]
 
 log = logging.getLogger("exec_supervisor")
 
 LOG_PATH = "api/bases/logs/"
 TOKEN_PATH = "api/bases/token/standard/open/"
-DEAD_LETTER_FILE = "events-dead-letters.jsonl"
-DEAD_LETTER_MAX_BYTES = 16 * 1024 * 1024  # then rotated once to .1
-# The service accepts any size; the sender caps what one event may carry.
-MAX_MESSAGE_CHARS = 8000
-_TRUNCATED = "\n... (truncated)"
 _RETRYABLE = {408, 425, 429}
 _ENDPOINT_PROBLEM = {404, 405}
-
-
-def iso_time(timestamp: float) -> str:
-    """ISO 8601 in UTC with milliseconds: 2026-11-28T10:15:02.123+00:00."""
-    return datetime.fromtimestamp(timestamp, timezone.utc).isoformat(timespec="milliseconds")
-
-
-def build_payload(event: Event, language: str = "en") -> dict[str, Any]:
-    """The JSON body for one event, without its seq (the spool assigns that)."""
-    level = event.level if event.level in LEVEL_RANK else str(event.level).lower()
-    if level not in LEVEL_RANK:
-        level = "info"  # the service answers 422 to anything else
-    message = messages.render(event, language)
-    if len(message) > MAX_MESSAGE_CHARS:
-        message = message[: MAX_MESSAGE_CHARS - len(_TRUNCATED)] + _TRUNCATED
-    payload: dict[str, Any] = {
-        "level": level,
-        "message": message,
-        "event": event.event,
-        "exec_id": event.exec_id,
-        "type": event.type,
-        "id": event.id,
-        "pid": event.pid,
-        "exit_code": event.exit_code,
-        "signal": event.signal,
-        "restarts": event.restarts,
-        "runtime": None if event.runtime is None else round(event.runtime, 3),
-        "restart_in": None if event.restart_in is None else round(event.restart_in, 3),
-        "supervisor": event.supervisor,
-        "time": iso_time(event.time),
-    }
-    if event.detail:
-        payload["detail"] = event.detail
-    return payload
-
-
-def _encode(payload: dict[str, Any]) -> bytes:
-    return json.dumps(payload, ensure_ascii=False, separators=(",", ":"), default=str).encode("utf-8")
-
-
-class _AuthProblem(Exception):
-    """The service (or the local auth config) refuses us; retry slowly, log once."""
-
-
-class _Auth:
-    """The credentials of one config generation. Holds secrets: never log or repr it."""
-
-    __slots__ = ("mode", "token", "username", "password", "problem", "expires_at", "renew_at", "exempt", "renewed")
-
-    def __init__(self, config: Any) -> None:
-        auth = config.service.auth
-        self.mode = "none"
-        self.token: str | None = None
-        self.username: str | None = None
-        self.password: str | None = None
-        self.problem: str | None = None  # a config problem, worded without the secret
-        self.expires_at = 0.0
-        self.renew_at = 0.0
-        self.renewed = False  # already got a fresh token after the current 401
-        self.exempt = False
-        if auth.token_env:
-            self.mode = "token"
-            self.token = os.environ.get(auth.token_env, "").strip() or None
-            if self.token is None:
-                self.problem = f"service.auth.token_env: the environment variable {auth.token_env} is not set or empty"
-            elif not _header_safe(self.token):
-                self.token = None
-                self.problem = (f"service.auth.token_env: the environment variable {auth.token_env} holds characters "
-                                "a token cannot have (value not shown)")
-        elif auth.token_file:
-            self.mode = "token"
-            self.token, self.problem = _read_token_file(config)
-        elif auth.username_env:
-            self.mode = "password"
-            self.username = os.environ.get(auth.username_env) or None
-            self.password = os.environ.get(auth.password_env or "") or None
-            missing = [name for name, value in ((auth.username_env, self.username), (auth.password_env, self.password)) if not value]
-            if missing:
-                self.problem = f"service.auth: the environment variable(s) {', '.join(missing)} are not set or empty"
-
-    def __repr__(self) -> str:
-        return f"<_Auth {self.mode}>"
-
-
-def _read_token_file(config: Any) -> tuple[str | None, str | None]:
-    path = config.base_dir / os.path.expanduser(config.service.auth.token_file)
-    try:
-        token = path.read_text(encoding="utf-8").strip()
-    except OSError as exc:
-        return None, f"service.auth.token_file: cannot read {path}: {exc.strerror or exc.__class__.__name__}"
-    except UnicodeDecodeError:
-        return None, f"service.auth.token_file: {path} is not UTF-8 text"
-    if not token:
-        return None, f"service.auth.token_file: {path} is empty"
-    if not _header_safe(token):
-        return None, f"service.auth.token_file: {path} holds characters a token cannot have (value not shown)"
-    return token, None
-
-
-def _header_safe(token: str) -> bool:
-    """A token goes into an HTTP header: printable ASCII only (a bad one would be echoed in an error)."""
-    return token.isascii() and token.isprintable()
-
-
-def _detail(response: Answer) -> str:
-    """The service's `detail`, shortened; never echoes request data."""
-    try:
-        body = response.json()
-        detail = body.get("detail") if isinstance(body, dict) else body
-    except ValueError:
-        detail = response.text
-    if not isinstance(detail, str):
-        detail = json.dumps(detail, ensure_ascii=False, default=str)
-    detail = " ".join(detail.split())
-    return detail[:300] + ("..." if len(detail) > 300 else "")
-
-
-def _local_ip(url: str) -> str | None:
-    """The address this host uses to reach the service (what its exemption list must hold)."""
-    parts = urlsplit(url)
-    try:
-        infos = socket.getaddrinfo(parts.hostname, parts.port or (443 if parts.scheme == "https" else 80), type=socket.SOCK_DGRAM)
-        family, _, _, _, addr = infos[0]
-        with socket.socket(family, socket.SOCK_DGRAM) as probe:
-            probe.connect(addr)  # UDP connect: picks the route, sends nothing
-            return probe.getsockname()[0]
-    except OSError:
-        return None
-
-
-class _Recent:
-    """The last n payloads with their delivery status, for the `events` command."""
-
-    def __init__(self, size: int) -> None:
-        self._size = size
-        self._items: deque[dict[str, Any]] = deque()
-        self._by_seq: dict[int, dict[str, Any]] = {}
-        self._lock = threading.Lock()
-
-    def add(self, seq: int, level: str, payload: dict[str, Any]) -> None:
-        entry = {"seq": seq, **payload, "level": level, "status": "queued"}
-        with self._lock:
-            self._items.append(entry)
-            self._by_seq[seq] = entry
-            while len(self._items) > self._size:
-                self._by_seq.pop(self._items.popleft()["seq"], None)
-
-    def mark(self, seq: int, status: str) -> None:
-        with self._lock:
-            entry = self._by_seq.get(seq)
-            if entry is not None:
-                entry["status"] = status
-
-    def last(self, n: int) -> list[dict[str, Any]]:
-        with self._lock:
-            items = list(self._items)[-n:] if n > 0 else []
-            return [dict(item) for item in items]
 
 
 class EventForwarder:
@@ -259,8 +101,9 @@ class EventForwarder:
         self.spool = Spool(config.state_dir / "events", config.events.spool_max_bytes, segment_bytes)
         for problem in self.spool.problems:
             log.warning("event spool: %s", problem)
-        self.dead_letter_path = config.state_dir / DEAD_LETTER_FILE
-        self._recent = _Recent(recent_size)
+        self._dead_letters = DeadLetterFile(config.state_dir)
+        self._status = DeliveryStatus(self.spool.directory, recent_size)
+        self._recent = self._status.recent  # sink() adds to it per event: one attribute lookup less
 
         self._wake = threading.Event()  # something to send, or stop/reload
         self._interrupt = threading.Event()  # cut a backoff wait short: stop/reload
@@ -277,23 +120,10 @@ class EventForwarder:
         # Owned by the sender thread once started.
         self._url = config.service.host + LOG_PATH
         self._token_url = config.service.host + TOKEN_PATH
-        self._auth: _Auth | None = None
+        self._auth: Credentials | None = None
         self._channel: Channel | None = None
-        self._failures = 0
-        self._outage_since: float | None = None
-        self._outage_logged = False
-        self._auth_logged = False
-        self._endpoint_logged = False
-        self._recovery: dict[str, Any] | None = None
+        self._failures = 0  # consecutive failed attempts: the backoff's exponent
 
-        # Counters (read by backlog(); plain ints are fine across threads).
-        self.delivered = 0
-        self.dead_letters = 0
-        self.lost = 0  # could not even be written to the spool (disk full)
-        self.state = "idle"
-        self.last_error: str | None = None
-        self._refusals: dict[str, Any] = {}
-        self._refusals_lock = threading.Lock()
         self._last_drop_notice = float("-inf")
         self._last_refusal_notice = float("-inf")
         self._write_error_logged = 0.0
@@ -308,15 +138,15 @@ class EventForwarder:
         level = payload["level"]
         try:
             # The forwarder's own drop notice never makes room by dropping more.
-            seq = self.spool.append(level, _encode(payload), over_cap=event.event == "events_dropped")
+            seq = self.spool.append(level, encode_payload(payload), over_cap=event.event == "events_dropped")
         except (OSError, ValueError) as exc:
-            self.lost += 1
+            self._status.lost += 1
             now = time.monotonic()
             if now - self._write_error_logged > 60:
                 self._write_error_logged = now
                 log.error(
                     "cannot write to the event spool %s: %s; %d event(s) lost so far",
-                    self.spool.directory, getattr(exc, "strerror", None) or exc, self.lost,
+                    self.spool.directory, getattr(exc, "strerror", None) or exc, self._status.lost,
                 )
             return
         self._recent.add(seq, level, payload)
@@ -391,25 +221,8 @@ class EventForwarder:
     # ------------------------------------------------------------------ inspection
 
     def backlog(self) -> dict[str, Any]:
-        oldest_age = None
-        try:
-            record = self.spool.peek()
-        except OSError:
-            record = None
-        if record is not None:
-            oldest_age = max(0.0, time.time() - _record_time(record, time.time()))
-        return {
-            "count": self.spool.pending_count,
-            "bytes": self.spool.pending_bytes,
-            "oldest_age": None if oldest_age is None else round(oldest_age, 3),
-            "last_error": self.last_error,
-            "delivered": self.delivered,
-            "dead_letters": self.dead_letters,
-            "dropped": self.spool.dropped_total,
-            "lost": self.lost,
-            "next_seq": self.spool.next_seq,
-            "state": self.state,
-        }
+        """Pending count and bytes, counters, state and last error: what the control API shows."""
+        return self._status.backlog(self.spool)
 
     def recent(self, n: int) -> list[dict[str, Any]]:
         return self._recent.last(n)
@@ -444,11 +257,11 @@ class EventForwarder:
                     self.spool.max_bytes, drops["dropped"], drops["by_level"], drops["first_seq"], drops["last_seq"],
                 )
                 self._emit("events_dropped", "warning", drops)
-        if self._refusals and now - self._last_refusal_notice >= self.notice_interval:
-            self._last_refusal_notice = now
-            with self._refusals_lock:
-                refusals, self._refusals = self._refusals, {}
-            self._emit("events_refused", "warning", refusals)
+        if now - self._last_refusal_notice >= self.notice_interval:
+            refusals = self._status.take_refusals()
+            if refusals:
+                self._last_refusal_notice = now
+                self._emit("events_refused", "warning", refusals)
 
     def _emit(self, kind: str, level: str, detail: dict[str, Any]) -> None:
         try:
@@ -461,15 +274,12 @@ class EventForwarder:
     def _apply_config(self, config: Any, first: bool = False) -> None:
         self._url = config.service.host + LOG_PATH
         self._token_url = config.service.host + TOKEN_PATH
-        auth = _Auth(config)
+        auth = Credentials(config)
         if auth.problem:
             log.error("event forwarder: %s; sending events without a token", auth.problem)
         self._auth = auth
         self._failures = 0
-        self._auth_logged = False
-        self._endpoint_logged = False
-        if not first:
-            self._outage_logged = False
+        self._status.config_applied(self._url, first)
 
     def _take_reload(self) -> None:
         with self._reload:
@@ -488,7 +298,7 @@ class EventForwarder:
             except Exception:  # pragma: no cover - a bug must not end delivery for good
                 log.exception("event forwarder: unexpected error; events stay in the spool, retrying in %gs",
                               self.slow_retry)
-                self.state = "error"
+                self._status.state = "error"
                 if self._stopping:
                     return
                 self._pause(self.slow_retry)
@@ -502,12 +312,14 @@ class EventForwarder:
             try:
                 record = self.spool.peek()
             except OSError as exc:
-                self.last_error = f"cannot read the spool: {exc.strerror or exc}"
-                log.error("event forwarder: %s", self.last_error)
+                self._status.last_error = f"cannot read the spool: {exc.strerror or exc}"
+                log.error("event forwarder: %s", self._status.last_error)
                 self._pause(self.slow_retry)
                 continue
             if record is None:
-                self._finish_recovery()
+                recovered = self._status.finish_recovery(self.recovery_notice_after)
+                if recovered is not None:
+                    self._emit("delivery_recovered", "warning", recovered)
                 if self._stopping:
                     return
                 self._wake.wait(30.0)  # sink(), stop() and reconfigure() wake it; no idle polling
@@ -550,7 +362,7 @@ class EventForwarder:
         headers = {"Content-Type": "application/json"}
         try:
             token = self._token(auth)
-        except _AuthProblem as exc:
+        except AuthProblem as exc:
             return self._refused(str(exc))
         except TransportError as exc:
             return self._failed(f"cannot get a token from {self._token_url}: {exc}")
@@ -562,236 +374,55 @@ class EventForwarder:
             return self._failed(f"POST {self._url}: {exc}")
         status = response.status
         if 200 <= status < 300:
-            self._delivered(record)
+            self.spool.ack(record.seq, record.level)
+            auth.renewed = False
+            self._failures = 0
+            self._status.sent(record)
             return "sent", 0.0
-        detail = _detail(response)
+        detail = answer_detail(response)
         if status in (401, 403):
-            if self._renew_after_refusal(auth, token):
+            if auth.renew_after_refusal():
                 return "retry", 0.0
             return self._refused(f"{status} {detail}")
         if 300 <= status < 400 or status in _ENDPOINT_PROBLEM:
             where = response.headers.get("Location")
             return self._wrong_endpoint(status, detail, where)
         if status >= 500 or status in _RETRYABLE:
-            retry_after = _retry_after(response)
-            self.last_error = f"POST {self._url}: {status} {detail}"
-            self._outage(self.last_error)
-            return "retry", self._backoff(retry_after)
+            wait = retry_after(response)
+            self._status.outage(f"POST {self._url}: {status} {detail}", self.backoff_max)
+            return "retry", self._backoff(wait)
         self._dead_letter(record, status, detail)
         return "dead", 0.0
 
-    def _token(self, auth: _Auth) -> str | None:
+    def _token(self, auth: Credentials) -> str | None:
         if auth.mode != "password" or auth.exempt or auth.problem:
             return auth.token
         now = time.monotonic()
         if auth.token is not None and now < auth.renew_at:
             return auth.token
         try:
-            self._fetch_token(auth)
+            auth.log_in(self._http(), self._token_url, self._timeouts())
         except TransportError:
             if auth.token is not None and now < auth.expires_at:
                 return auth.token  # renewal failed, the old token still works: try later
             raise
         return auth.token
 
-    def _fetch_token(self, auth: _Auth) -> None:
-        form = urlencode({"username": auth.username or "", "password": auth.password or ""}).encode()
-        response = self._http().post(self._token_url, form, {"Content-Type": "application/x-www-form-urlencoded"},
-                                     self._timeouts())
-        if response.status == 200:
-            try:
-                body = response.json()
-                token = str(body["access_token"])
-                minutes = float(body.get("expires_minutes") or 720)
-            except (ValueError, KeyError, TypeError):
-                raise _AuthProblem(f"the token route {self._token_url} answered 200 without an access_token") from None
-            if not _header_safe(token):
-                raise _AuthProblem(f"the token route {self._token_url} answered a token with characters a token "
-                                   "cannot have (value not shown)")
-            now = time.monotonic()
-            lifetime = max(1.0, minutes * 60)
-            auth.token = token
-            auth.expires_at = now + lifetime
-            # Renew well before it runs out: at 80 %, and at least a minute early when it lives long enough.
-            auth.renew_at = now + max(lifetime * 0.5, min(lifetime * 0.8, lifetime - 60))
-            return
-        detail = _detail(response)
-        if response.status == 401 and "白名单" in detail:
-            # The service exempts this address from tokens (and so will not issue one).
-            auth.exempt = True
-            auth.token = None
-            log.info("event forwarder: the service exempts this host from tokens; sending events without one")
-            return
-        if response.status in (401, 403, 422):
-            raise _AuthProblem(
-                f"the service refused the username/password from {self._auth_env_names()} "
-                f"at {self._token_url} ({response.status} {detail})"
-            )
-        raise TransportError(f"{response.status} {detail}")  # 5xx and co: an outage, retried like one
-
-    def _auth_env_names(self) -> str:
-        auth = self._config.service.auth
-        return f"${auth.username_env} / ${auth.password_env}"
-
-    def _renew_after_refusal(self, auth: _Auth, used: str | None) -> bool:
-        """After a 401: True when fresh credentials are worth an immediate retry (once per refusal)."""
-        if auth.renewed:
-            return False
-        if auth.mode == "password" and not auth.problem:
-            auth.renewed = True
-            if auth.exempt:
-                auth.exempt = False  # the exemption went away: log in
-            else:
-                auth.token = None  # revoked or expired early: get a new one
-                auth.renew_at = 0.0
-            return True
-        if auth.mode == "token" and self._config.service.auth.token_file:
-            token, problem = _read_token_file(self._config)
-            if token is not None and token != auth.token:
-                auth.token, auth.problem = token, None  # the file was rotated
-                auth.renewed = True
-                return True
-        return False
-
     # ------------------------------------------------------------------ outcomes
 
-    def _delivered(self, record: Record) -> None:
-        self.spool.ack(record.seq, record.level)
-        if self._auth is not None:
-            self._auth.renewed = False
-        self.delivered += 1
-        self._failures = 0
-        self._recent.mark(record.seq, "sent")
-        if self._outage_since is not None:
-            outage = time.time() - self._outage_since
-            self._recovery = {"since": self._outage_since, "outage": outage, "delayed": 0, "max_delay": 0.0}
-            self._outage_since = None
-            log.info("event forwarder: the log API at %s accepts events again (after %.1fs)", self._url, outage)
-        self._outage_logged = self._auth_logged = self._endpoint_logged = False
-        self.state = "ok"
-        self.last_error = None
-        if self._recovery is not None:
-            self._recovery["delayed"] += 1
-            delay = time.time() - _record_time(record, time.time())
-            self._recovery["max_delay"] = max(self._recovery["max_delay"], delay)
-
-    def _finish_recovery(self) -> None:
-        recovery, self._recovery = self._recovery, None
-        if recovery is None or recovery["outage"] < self.recovery_notice_after:
-            return
-        detail = {
-            "delayed": recovery["delayed"],
-            "max_delay": round(recovery["max_delay"], 3),
-            "outage": round(recovery["outage"], 3),
-        }
-        log.info(
-            "event forwarder: backlog delivered: %d event(s) were delayed up to %.1fs",
-            detail["delayed"], detail["max_delay"],
-        )
-        self._emit("delivery_recovered", "warning", detail)
-
-    def _outage(self, reason: str) -> None:
-        if self._outage_since is None:
-            self._outage_since = time.time()
-        self.state = "retrying"
-        if not self._outage_logged:
-            self._outage_logged = True
-            log.warning(
-                "event forwarder: cannot deliver events (%s); keeping them in the spool %s and retrying "
-                "with backoff up to %gs",
-                reason, self.spool.directory, self.backoff_max,
-            )
-
     def _failed(self, reason: str) -> tuple[str, float]:
-        self.last_error = reason
-        self._outage(reason)
+        self._status.outage(reason, self.backoff_max)
         return "retry", self._backoff()
 
     def _refused(self, reason: str) -> tuple[str, float]:
-        self.last_error = f"refused by the service: {reason}"
-        if self._outage_since is None:
-            self._outage_since = time.time()
-        self.state = "unauthorized"
-        if not self._auth_logged:
-            self._auth_logged = True
-            self._outage_logged = True
-            auth = self._config.service.auth
-            ip = _local_ip(self._url)
-            host = f"this host's IP ({ip})" if ip else "this host's IP"
-            if auth.token_env or auth.token_file or auth.username_env:
-                how = (
-                    f"check the token or credentials configured in service.auth of {self._config.path}, "
-                    f"or add {host} to the service's token-exempt IP networks or hosts"
-                )
-            else:
-                how = (
-                    f"add {host} to the service's token-exempt IP networks or hosts, or configure "
-                    f"service.auth (token_env, token_file, or username_env + password_env) in {self._config.path}"
-                )
-            log.error(
-                "event forwarder: the WeFastAPI service at %s refused the supervisor's events (%s). To fix it, %s. "
-                "Events are kept in the spool and retried every %gs (or at once after a reload).",
-                self._url, reason, how, self.slow_retry,
-            )
+        self._status.refused(reason, self._config, self.slow_retry)
         return "retry", self.slow_retry
 
     def _wrong_endpoint(self, status: int, detail: str, location: str | None) -> tuple[str, float]:
-        moved = f" to {location}" if location else ""
-        self.last_error = f"POST {self._url}: {status} {detail}{moved}"
-        if self._outage_since is None:
-            self._outage_since = time.time()
-        self.state = "misconfigured"
-        if not self._endpoint_logged:
-            self._endpoint_logged = True
-            self._outage_logged = True
-            log.error(
-                "event forwarder: POST %s answered %d%s: service.host in %s does not look like the WeFastAPI "
-                "service's base URL (it must end with '/', e.g. http://127.0.0.1:8083/). Events are kept and "
-                "retried every %gs (or at once after a reload).",
-                self._url, status, moved, self._config.path, self.slow_retry,
-            )
+        self._status.wrong_endpoint(status, detail, location, self._config.path, self.slow_retry)
         return "retry", self.slow_retry
 
     def _dead_letter(self, record: Record, status: int, detail: str) -> None:
-        try:
-            payload: Any = json.loads(record.data)
-        except ValueError:
-            payload = record.data.decode("utf-8", "replace")
-        line = json.dumps(
-            {"time": iso_time(time.time()), "status": status, "reason": detail, "url": self._url, "payload": payload},
-            ensure_ascii=False,
-        )
-        try:
-            if self.dead_letter_path.exists() and self.dead_letter_path.stat().st_size > DEAD_LETTER_MAX_BYTES:
-                os.replace(self.dead_letter_path, self.dead_letter_path.with_name(DEAD_LETTER_FILE + ".1"))
-            with open(self.dead_letter_path, "a", encoding="utf-8") as handle:
-                handle.write(line + "\n")
-        except OSError as exc:
-            log.error("cannot write the dead-letter file %s: %s", self.dead_letter_path, exc.strerror or exc)
+        self._dead_letters.write(record, status, detail, self._url)
         self.spool.ack(record.seq, record.level)
-        self.dead_letters += 1
-        self._recent.mark(record.seq, "dead")
-        log.warning(
-            "event forwarder: the service refused event seq %d (%s %s); moved it to %s",
-            record.seq, status, detail, self.dead_letter_path,
-        )
-        with self._refusals_lock:
-            self._refusals["refused"] = self._refusals.get("refused", 0) + 1
-            self._refusals.update(status=status, reason=detail[:200], file=str(self.dead_letter_path), last_seq=record.seq)
-
-
-def _retry_after(response: Answer) -> float | None:
-    value = response.headers.get("Retry-After")
-    if value is None:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        return None
-
-
-def _record_time(record: Record, default: float) -> float:
-    try:
-        return datetime.fromisoformat(json.loads(record.data)["time"]).timestamp()
-    except (ValueError, KeyError, TypeError):
-        return default
+        self._status.dead_lettered(record, status, detail, self._dead_letters.path)

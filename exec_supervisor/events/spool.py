@@ -1,12 +1,10 @@
 """The on-disk event spool: what has been emitted but not yet delivered.
 
-Layout (``<state_dir>/events/``)::
-
-    lock                              flock()ed by the one process using the spool
-    state.json                        {"next_seq": N, "heads": {"debug": h, ...}}  (atomic rename)
-    debug-0000000000001187.jsonl      segment files: one JSON object per line,
-    info-0000000000001188.jsonl       named after their level and the seq of their
-    error-0000000000001190.jsonl      first line; each line starts with {"seq":N,
+Owns the queue's rules and state: seq assignment, the size cap (which events to
+drop), what is consumed, when files may be deleted, the process lock and the
+thread safety of all of it. The files themselves (layout, formats, indexing,
+repairs at startup) are spoolfiles.py's. It must not know what an event means
+or where it goes: it stores opaque JSON lines for the forwarder.
 
 Each level has its own stream of append-only segments, and ``seq`` increases
 across all of them, so delivery in seq order is a merge of four sorted
@@ -35,79 +33,35 @@ from __future__ import annotations
 
 import errno
 import fcntl
-import json
 import os
-import re
 import threading
-from array import array
-from collections import deque
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from .event import LEVELS
+from .spoolfiles import (
+    LOCK_FILE,
+    STATE_FILE,
+    Record,
+    Segment,
+    Stream,
+    create_segment,
+    fsync_dir,
+    index_segment,
+    list_segments,
+    read_state,
+    write_line,
+    write_state,
+)
 
-STATE_FILE = "state.json"
-LOCK_FILE = "lock"
-_SEGMENT_RE = re.compile(r"^(debug|info|warning|error)-(\d{16})\.jsonl$")
-# A complete event line as the spool writes it: {"seq":N,...}. Checked cheaply (a full
-# 64 MiB spool is indexed at startup); a line garbled inside yet matching this would take
-# a disk fault, and the service's 422 would send it to the dead letters.
-_LINE_RE = re.compile(rb'^\{"seq":([1-9]\d{0,17})[,}][^\n]*\}$', re.M)
+__all__ = ["Spool", "SpoolError", "Record", "STATE_FILE"]
+
 _MIN_SEGMENT = 64 * 1024
 _MAX_SEGMENT = 4 * 1024 * 1024
 
 
 class SpoolError(RuntimeError):
     """The spool cannot be used (locked by another process, unreadable directory)."""
-
-
-@dataclass(frozen=True)
-class Record:
-    """One pending event: its seq, level and the JSON line (without the newline)."""
-
-    seq: int
-    level: str
-    data: bytes
-
-    def payload(self) -> dict[str, Any]:
-        return json.loads(self.data)
-
-
-class _Segment:
-    __slots__ = ("path", "first_seq", "fd", "size", "seqs", "offsets", "lengths", "pos", "writable")
-
-    def __init__(self, path: Path, first_seq: int, fd: int, writable: bool) -> None:
-        self.path = path
-        self.first_seq = first_seq
-        self.fd = fd
-        self.size = 0  # bytes in the file (offset of the next append)
-        self.seqs = array("q")
-        self.offsets = array("q")
-        self.lengths = array("q")
-        self.pos = 0  # index of the first record not yet consumed
-        self.writable = writable  # the stream's current append target (created by this process)
-
-    @property
-    def consumed(self) -> bool:
-        return self.pos >= len(self.seqs)
-
-
-class _Stream:
-    __slots__ = ("level", "segments", "head", "count", "nbytes")
-
-    def __init__(self, level: str) -> None:
-        self.level = level
-        self.segments: deque[_Segment] = deque()
-        self.head = 0  # highest consumed seq of this level
-        self.count = 0  # pending records
-        self.nbytes = 0  # their bytes, newlines included
-
-    def first_pending(self) -> tuple[_Segment, int]:
-        for seg in self.segments:
-            if seg.pos < len(seg.seqs):
-                return seg, seg.pos
-        raise LookupError(self.level)  # only called when count > 0
 
 
 class Spool:
@@ -124,11 +78,11 @@ class Spool:
         self._sync_lock = threading.Lock()
         self._max_bytes = max(1, int(max_bytes))
         self.segment_bytes = segment_bytes or max(_MIN_SEGMENT, min(_MAX_SEGMENT, self._max_bytes // 16))
-        self._streams = {level: _Stream(level) for level in LEVELS}
+        self._streams = {level: Stream(level) for level in LEVELS}
         self._order = [self._streams[level] for level in LEVELS]  # drop order: lowest level first
         self._next_seq = 1
         self._pending_bytes = 0
-        self._dirty: set[_Segment] = set()
+        self._dirty: set[Segment] = set()
         self._dir_dirty = False
         self._written_state: tuple[Any, ...] | None = None
         self._drops: dict[str, int] = {}
@@ -162,91 +116,18 @@ class Spool:
     # ------------------------------------------------------------------ opening
 
     def _load(self) -> None:
-        state_path = self.directory / STATE_FILE
-        heads = {level: 0 for level in LEVELS}
-        next_seq = 1
-        try:
-            raw = json.loads(state_path.read_bytes())
-            next_seq = int(raw["next_seq"])
-            for level in LEVELS:
-                heads[level] = int(raw.get("heads", {}).get(level, 0))
-        except FileNotFoundError:
-            pass
-        except (OSError, ValueError, TypeError, KeyError, AttributeError) as exc:
-            self.problems.append(
-                f"{state_path} was unreadable ({exc.__class__.__name__}); "
-                "events still in the spool will be sent again (duplicates, no loss)"
-            )
+        next_seq, heads = read_state(self.directory, self.problems)
         for stream in self._order:
             stream.head = heads[stream.level]
-
-        found: list[tuple[str, int, str]] = []
-        for name in os.listdir(self.directory):
-            match = _SEGMENT_RE.match(name)
-            if match:
-                found.append((match.group(1), int(match.group(2)), name))
-            elif name.endswith(".tmp"):
-                try:
-                    os.unlink(self.directory / name)  # a state write that died before its rename
-                except OSError:
-                    pass
         max_seq = 0
         last_seen = {level: 0 for level in LEVELS}
-        for level, first_seq, name in sorted(found, key=lambda f: (f[0], f[1])):
-            last_seen[level] = self._load_segment(self._streams[level], first_seq, self.directory / name, last_seen[level])
+        for level, first_seq, name in list_segments(self.directory):
+            last_seen[level] = index_segment(self._streams[level], first_seq, self.directory / name,
+                                             last_seen[level], self.problems)
             max_seq = max(max_seq, last_seen[level])
         self._next_seq = max(next_seq, max_seq + 1, max(heads.values()) + 1, 1)
         self._written_state = self._state_key()
         self._pending_bytes = sum(s.nbytes for s in self._order)
-
-    def _load_segment(self, stream: _Stream, first_seq: int, path: Path, last: int) -> int:
-        """Index the pending lines of one segment; returns the highest seq of the stream so far."""
-        fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CLOEXEC)
-        try:
-            data = _read_all(fd)
-        except OSError:
-            os.close(fd)
-            raise
-        seg = _Segment(path, first_seq, fd, writable=False)
-        end = data.rfind(b"\n") + 1
-        if end < len(data):
-            # A torn last line: the write (or the power) was cut mid-line.
-            os.ftruncate(fd, end)
-            os.fsync(fd)
-            self.problems.append(
-                f"{path.name}: cut off an incomplete last line ({len(data) - end} bytes) "
-                "left by a crash or power loss"
-            )
-        seg.size = end
-        lines = data.count(b"\n", 0, end)
-        good = 0
-        head = stream.head
-        for match in _LINE_RE.finditer(data, 0, end):
-            seq = int(match.group(1))
-            if seq <= last:
-                continue  # out of order: counted as bad below
-            good += 1
-            last = seq
-            if seq > head:
-                start = match.start()
-                size = match.end() + 1 - start
-                seg.seqs.append(seq)
-                seg.offsets.append(start)
-                seg.lengths.append(size)
-                stream.count += 1
-                stream.nbytes += size
-        bad = lines - good
-        if bad:
-            self.problems.append(f"{path.name}: skipped {bad} unreadable or out-of-order line(s)")
-        if not seg.seqs:
-            os.close(fd)
-            try:
-                os.unlink(path)  # everything in it was consumed before the restart
-            except OSError:
-                pass
-        else:
-            stream.segments.append(seg)
-        return last
 
     # ------------------------------------------------------------------ writing
 
@@ -282,7 +163,7 @@ class Spool:
             seg = stream.segments[-1] if stream.segments else None
             if seg is None or not seg.writable or seg.size >= self.segment_bytes:
                 seg = self._new_segment(stream, seq)
-            _write_all(seg, line)
+            write_line(seg, line)
             self._next_seq = seq + 1
             size = len(line)
             seg.seqs.append(seq)
@@ -297,12 +178,10 @@ class Spool:
                 self._enforce_cap()
             return seq
 
-    def _new_segment(self, stream: _Stream, seq: int) -> _Segment:
+    def _new_segment(self, stream: Stream, seq: int) -> Segment:
         if stream.segments:
             stream.segments[-1].writable = False
-        path = self.directory / f"{stream.level}-{seq:016d}.jsonl"
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND | os.O_CLOEXEC, 0o600)
-        seg = _Segment(path, seq, fd, writable=True)
+        seg = create_segment(self.directory, stream.level, seq)
         stream.segments.append(seg)
         self._dir_dirty = True
         return seg
@@ -327,7 +206,7 @@ class Spool:
             if excess <= 0:
                 break
 
-    def _consume(self, stream: _Stream, seg: _Segment, seq: int, size: int) -> None:
+    def _consume(self, stream: Stream, seg: Segment, seq: int, size: int) -> None:
         seg.pos += 1
         stream.count -= 1
         stream.nbytes -= size
@@ -342,7 +221,7 @@ class Spool:
         with self._lock:
             if self.closed:
                 return None
-            best: tuple[int, _Stream, _Segment, int] | None = None
+            best: tuple[int, Stream, Segment, int] | None = None
             for stream in self._order:
                 if stream.count:
                     seg, index = stream.first_pending()
@@ -400,10 +279,10 @@ class Spool:
                 for seg in dirty:
                     os.fsync(seg.fd)  # fds are only closed under _sync_lock, so this one is open
                 if state != self._written_state:
-                    self._write_state(state)
+                    write_state(self.directory, state)
                     dir_dirty = True
                 if dir_dirty:
-                    _fsync_dir(self.directory)
+                    fsync_dir(self.directory)
             except BaseException:
                 with self._lock:  # try again next time
                     self._dirty.update(s for s in dirty if s.fd >= 0)
@@ -425,17 +304,6 @@ class Spool:
                             os.unlink(seg.path)
                         except FileNotFoundError:
                             pass
-
-    def _write_state(self, state: tuple[Any, ...]) -> None:
-        data = json.dumps({"next_seq": state[0], "heads": dict(zip(LEVELS, state[1:]))}).encode()
-        tmp = self.directory / (STATE_FILE + ".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-        try:
-            os.write(fd, data)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, self.directory / STATE_FILE)
 
     def take_drops(self) -> dict[str, Any] | None:
         """What the cap dropped since the last call (for the one warning event), or None."""
@@ -508,35 +376,3 @@ class Spool:
                 Record(seq, level, os.pread(seg.fd, seg.lengths[i], seg.offsets[i])[:-1])
                 for seq, level, seg, i in items
             ]
-
-
-def _read_all(fd: int) -> bytes:
-    chunks = []
-    while True:
-        chunk = os.read(fd, 1 << 20)
-        if not chunk:
-            return b"".join(chunks)
-        chunks.append(chunk)
-
-
-def _write_all(seg: _Segment, line: bytes) -> None:
-    view = memoryview(line)
-    written = 0
-    try:
-        while written < len(line):
-            written += os.write(seg.fd, view[written:])
-    except OSError:
-        if written:
-            try:  # never leave half a line for the next append to run into
-                os.ftruncate(seg.fd, seg.size)
-            except OSError:
-                pass
-        raise
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
