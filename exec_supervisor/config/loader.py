@@ -12,8 +12,9 @@ from typing import Any, Mapping
 
 from pydantic import ValidationError
 
-from .checks import absolute, check_placeholders, check_script, dir_problem, not_a_dir_problem, resolve_program
-from .constants import NAME_RE, PER_TYPE_KEYS, PLACEHOLDERS
+from .checks import (absolute, check_instances, check_placeholders, check_script, default_max_instances, dir_problem,
+                     not_a_dir_problem, resolve_program)
+from .constants import MAX_NAME_LENGTH, NAME_RE, PER_TYPE_KEYS, PLACEHOLDERS
 from .errors import ConfigError, Problem
 from .models import (SECTIONS, TOP_KEYS, ControlConfig, EventsConfig, ExecutorSettings, ExecutorType, FarmConfig,
                      ServiceConfig, Strict, SupervisorConfig)
@@ -72,6 +73,10 @@ def _check_type(
             f"type name {show_value(type_name)} must match [A-Za-z][A-Za-z0-9_]* "
             "(a '-' would make ET-<Name>-<id> ambiguous)",
         )
+        usable = False
+    elif len(type_name) > MAX_NAME_LENGTH:
+        collector.add(path, f"type name is {len(type_name)} characters long, at most {MAX_NAME_LENGTH}: it is part "
+                            "of every instance's log file name")
         usable = False
     if own is None:
         own = {}
@@ -254,7 +259,7 @@ def _load(path: Any, display: str, environ: Mapping[str, str]) -> FarmConfig:
         raise ConfigError(sorted(collector.problems, key=lambda p: (p.line or 0, p.key)))
     assert isinstance(service, ServiceConfig) and isinstance(supervisor, SupervisorConfig)
     assert isinstance(control, ControlConfig) and isinstance(sections["events"], EventsConfig)
-    return FarmConfig(
+    farm = FarmConfig(
         path=config_path,
         base_dir=base_dir,
         service=service,
@@ -265,4 +270,10 @@ def _load(path: Any, display: str, environ: Mapping[str, str]) -> FarmConfig:
         control=control,
         executors=executors,
         programs=programs,
+        max_instances=supervisor.max_instances or default_max_instances(),
     )
+    # What only a whole instance shows: its command line and environment as the kernel will get them.
+    check_instances(collector, farm, raw_executors, defaults, environ, explicit=supervisor.max_instances is not None)
+    if collector.problems:
+        raise ConfigError(sorted(collector.problems, key=lambda p: (p.line or 0, p.key)))
+    return farm

@@ -26,7 +26,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from .constants import AUTH_ENV_NAME_RE, DEFAULT_ARGS, MAX_IDS, RESERVED_ENV
+from .constants import AUTH_ENV_NAME_RE, DEFAULT_ARGS, MAX_IDS, MAX_NAME_LENGTH, RESERVED_ENV, SHOWN_KEY_RE
 from .values import Command, Duration, IdSet, Int, PathText, Signal, Size, no_nul, none_is_empty, show_value, split_command
 
 
@@ -95,12 +95,20 @@ class ExecutorSettings(Strict):
         # Messages name the variable, never its value: env is where secrets live.
         for name, text in value.items():
             if not name or "=" in name or "\x00" in name:
-                raise ValueError(f"{show_value(name)} is not a usable environment variable name")
+                raise ValueError(f"{env_name_shown(name)} is not a usable environment variable name "
+                                 "(no '=' or NUL; a secret goes in the value, not the name)")
             if name in RESERVED_ENV:
                 raise ValueError(f"{name} is set by the supervisor for each instance; remove it")
             if "\x00" in text:
-                raise ValueError(f"the value of {name} contains a NUL character")
+                raise ValueError(f"the value of {env_name_shown(name)} contains a NUL character")
         return value
+
+
+def env_name_shown(name: Any) -> str:
+    """An env var name for a message, or a mask: `API_TOKEN=sk-...` pasted as a name is a secret."""
+    if isinstance(name, str) and SHOWN_KEY_RE.fullmatch(name):
+        return name
+    return "<name not shown>"
 
 
 class ExecutorType(ExecutorSettings):
@@ -204,9 +212,11 @@ class ServiceConfig(Strict):
 
 
 class SupervisorConfig(Strict):
-    name: str = Field(default_factory=socket.gethostname, min_length=1)
+    name: str = Field(default_factory=socket.gethostname, min_length=1, max_length=MAX_NAME_LENGTH)
     state_dir: PathText | None = None
     log_dir: PathText | None = None
+    # None: sized for the machine (checks.default_max_instances).
+    max_instances: Annotated[Int, Field(ge=1)] | None = None
 
     @field_validator("name")
     @classmethod
@@ -289,6 +299,8 @@ class FarmConfig:
     executors: Mapping[str, ExecutorType]
     # The resolved program path per type, after {python} and PATH lookup.
     programs: Mapping[str, str]
+    # Farm-wide bound on instances (configured and scaled): supervisor.max_instances or the machine's default.
+    max_instances: int = 100_000
 
     @property
     def socket_path(self) -> Path:

@@ -15,6 +15,7 @@ from pydantic import (
     ValidationError,
 )
 
+from .constants import SHOWN_KEY_RE
 from .errors import Problem
 from .values import kind_of, show_value
 from .yamlmarks import LineIndex, has_key
@@ -31,19 +32,27 @@ def _is_secret(path: tuple[Any, ...]) -> bool:
 
 def _key_text(part: Any, secret: bool) -> str:
     if isinstance(part, str) and re.fullmatch(r"[A-Za-z0-9_.@+-]*", part) and part:
-        # A pasted token can look like a key: under auth, only short identifiers are shown.
-        if not secret or re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,31}", part):
-            return part
+        # A pasted token can look like a key: under auth and env, only short identifiers are shown.
+        if not secret or SHOWN_KEY_RE.fullmatch(part):
+            return part if len(part) <= 60 else part[:40] + "..."
         return "<key not shown>"
     if secret:
         return "<key not shown>"
     return show_value(part, 40)
 
 
+def _secret_key_from(path: tuple[Any, ...]) -> int:
+    """The index in path from which keys may be secrets (names under auth and env), or len(path)."""
+    if path[:2] in (("service", "auth"), ("defaults", "env")):
+        return 2
+    if len(path) > 2 and path[0] == "executors" and path[2] == "env":
+        return 3
+    return len(path)
+
+
 def _dotted(path: tuple[Any, ...]) -> str:
-    return ".".join(
-        _key_text(part, path[:2] == ("service", "auth") and i >= 2) for i, part in enumerate(path)
-    )
+    start = _secret_key_from(path)
+    return ".".join(_key_text(part, i >= start) for i, part in enumerate(path))
 
 
 class Collector:

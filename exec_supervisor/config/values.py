@@ -14,7 +14,7 @@ from typing import Annotated, Any
 
 from pydantic import BeforeValidator
 
-from .constants import MAX_DURATION, MAX_IDS
+from .constants import MAX_DURATION, MAX_ID, MAX_ID_DIGITS, MAX_IDS
 
 
 _REPR = reprlib.Repr()
@@ -26,6 +26,8 @@ def show_value(value: Any, limit: int = 60) -> str:
 
     reprlib, because a YAML alias can make a list that is huge when written out.
     """
+    if isinstance(value, int) and value.bit_length() > 200:  # repr() of a 4300-digit int raises
+        return f"<a number of about {int(value.bit_length() * 0.30103)} digits>"
     try:
         text = _REPR.repr(value)
     except Exception:  # pragma: no cover - a YAML value always has a repr
@@ -81,7 +83,12 @@ def parse_duration(value: Any) -> float:
             )
         seconds = float(match.group(1)) * _DURATION_UNITS[match.group(2)]
     else:
-        seconds = float(value)
+        try:
+            seconds = float(value)
+        except OverflowError:  # an integer too large for a float is surely longer than a year
+            seconds = math.inf
+    if math.isinf(seconds) and not isinstance(value, float):
+        raise ValueError("a number that large is longer than 365 days; that is surely a mistake")
     if math.isnan(seconds) or math.isinf(seconds):
         raise ValueError(f"{show_value(value)} is not a duration; it must be a finite number of seconds")
     if seconds < 0:
@@ -99,7 +106,10 @@ def parse_size(value: Any) -> int:
         match = _SIZE_RE.fullmatch(value)
         if not match:
             raise ValueError(f"{show_value(value)} is not a size; use bytes or KiB, MiB, GiB (like 10MiB)")
-        size = int(float(match.group(1)) * _SIZE_UNITS[match.group(2)])
+        number = float(match.group(1)) * _SIZE_UNITS[match.group(2)]
+        if math.isinf(number):
+            raise ValueError("a size that large is surely a mistake; use bytes or KiB, MiB, GiB (like 10MiB)")
+        size = int(number)
     else:
         size = value
     if size < 0:
@@ -158,18 +168,20 @@ def _expand_id_item(item: Any) -> list[int]:
         raise ValueError(f"expected an id (an integer >= 0) or a range like '0-3', got {kind_of(item)}")
     if isinstance(item, int):
         if item < 0:
-            raise ValueError(f"id {item} is negative; ids are integers >= 0")
+            raise ValueError(f"id {show_value(item)} is negative; ids are integers >= 0")
+        if item > MAX_ID:
+            raise ValueError(_TOO_LARGE)
         return [item]
     numbers: list[int] = []
     for part in item.split(","):
         text = part.strip()
         if re.fullmatch(r"\d+", text):
-            numbers.append(int(text))
+            numbers.append(_bounded_id(text))
             continue
         match = re.fullmatch(r"(\d+)\s*-\s*(\d+)", text)
         if not match:
             raise ValueError(f"{show_value(item)} is not an id or a range like '0-3'")
-        low, high = int(match.group(1)), int(match.group(2))
+        low, high = _bounded_id(match.group(1)), _bounded_id(match.group(2))
         if low > high:
             raise ValueError(f"range {show_value(text)} runs backwards")
         if high - low + 1 > MAX_IDS:
@@ -179,6 +191,17 @@ def _expand_id_item(item: Any) -> list[int]:
         twice = next(n for n in numbers if numbers.count(n) > 1)
         raise ValueError(f"id {twice} is given twice in {show_value(item)}")
     return numbers
+
+
+_TOO_LARGE = (f"an id has at most {MAX_ID_DIGITS} digits (its log file name and the executor's --id "
+              "must stay usable)")
+
+
+def _bounded_id(text: str) -> int:
+    digits = text.lstrip("0")
+    if len(digits) > MAX_ID_DIGITS:  # before int(): no 4300-digit conversion, no huge number kept
+        raise ValueError(_TOO_LARGE)
+    return int(digits or "0")
 
 
 def split_command(value: Any) -> Any:

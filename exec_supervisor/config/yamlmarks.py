@@ -6,11 +6,15 @@ and this module only remembers node positions for error messages.
 
 from __future__ import annotations
 
+import errno
+import os
+import stat
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from .constants import MAX_CONFIG_BYTES
 from .errors import ConfigError, Problem
 
 try:  # the C parser is ~10x faster; fall back when libyaml is missing
@@ -35,8 +39,11 @@ class _MarkedLoader(_BaseLoader):  # type: ignore[misc,valid-type]
         except yaml.YAMLError:
             raise
         except Exception as exc:  # e.g. `2024-13-45` is a timestamp with a bad month
+            reason = str(exc)
+            if "integer string conversion" in reason:  # Python's int-to-str limit, in its own words
+                reason = "a number with more than 4300 digits"
             raise yaml.constructor.ConstructorError(
-                None, None, f"cannot read this value ({exc})", node.start_mark
+                None, None, f"cannot read this value ({reason})", node.start_mark
             ) from None
 
 
@@ -126,24 +133,70 @@ def has_key(mapping: dict[Any, Any], key: Any) -> bool:
         return False
 
 
+def _read_bounded(path: Path) -> bytes:
+    """The file's bytes: a regular file of at most MAX_CONFIG_BYTES, opened without blocking.
+
+    O_NONBLOCK so that a FIFO opens at once (and is then refused) instead of waiting for a writer.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
+    try:
+        info = os.fstat(fd)
+        if stat.S_ISDIR(info.st_mode):
+            raise IsADirectoryError(errno.EISDIR, "is a directory")
+        if not stat.S_ISREG(info.st_mode):
+            raise ValueError(f"it is {_kind_of_file(info.st_mode)}, not a regular file")
+        chunks: list[bytes] = []
+        size = 0
+        while size <= MAX_CONFIG_BYTES:
+            chunk = os.read(fd, min(1024 * 1024, MAX_CONFIG_BYTES + 1 - size))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+        if size > MAX_CONFIG_BYTES:
+            raise ValueError(f"it is larger than {MAX_CONFIG_BYTES // (1024 * 1024)} MiB; "
+                             "a farm config is a few KiB")
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
+def _kind_of_file(mode: int) -> str:
+    if stat.S_ISFIFO(mode):
+        return "a FIFO (named pipe)"
+    if stat.S_ISCHR(mode):
+        return "a character device"
+    if stat.S_ISBLK(mode):
+        return "a block device"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    return "a special file"
+
+
 def read_yaml(path: Path, display: str) -> tuple[Any, LineIndex]:
     def fail(message: str, line: int | None = None) -> ConfigError:
         return ConfigError([Problem(display, line, "", message)])
 
     try:
-        text = path.read_text(encoding="utf-8-sig")
+        raw = _read_bounded(path)
     except FileNotFoundError:
         raise fail("no such file") from None
     except IsADirectoryError:
         raise fail("is a directory, not a config file") from None
     except PermissionError:
         raise fail("cannot read it: permission denied") from None
-    except UnicodeDecodeError:
-        raise fail("not a YAML file: it is not UTF-8 text") from None
     except OSError as exc:
         raise fail(f"cannot read it: {exc.strerror or exc}") from None
-    except ValueError as exc:  # e.g. a NUL character in the path
+    except ValueError as exc:  # e.g. a NUL character in the path; or what _read_bounded refuses
         raise fail(f"cannot read it: {exc}") from None
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        start = exc.start + (3 if raw.startswith(b"\xef\xbb\xbf") else 0)
+        line = raw.count(b"\n", 0, start) + 1
+        column = start - (raw.rfind(b"\n", 0, start) + 1) + 1
+        raise fail(f"not a YAML file: it is not UTF-8 text (byte 0x{raw[start]:02x}, byte {column} of line {line}); "
+                   "save it as UTF-8", line) from None
     loader = _MarkedLoader(text)
     try:
         node = loader.get_single_node()
