@@ -9,7 +9,8 @@
     payload.py    the JSON of one event for the log API, and reading its answers
     auth.py       the forwarder's credentials: token env/file, login, renewal, fix-it advice
     delivery.py   delivery counters and status, the recent list, the dead-letter file
-    forwarder.py  the sender and flusher threads: delivery to the WeFastAPI log API
+    forwarder.py  the sender thread: delivery to the WeFastAPI log API, retry, backoff
+    flusher.py    the flusher thread: spool fsync tick, drop and refusal notices
     httpclient.py the keep-alive HTTP connection the sender uses
 
 Imports flow down this list's dependencies only: nothing here imports config, supervise or control.

@@ -25,13 +25,14 @@ any other 4xx (422, ...)    move that one event to <state_dir>/events-dead-lette
 Secrets (tokens, passwords) only ever go into request headers and the token
 form; they never reach a log line, an event, ``backlog()`` or an exception text.
 
-This module owns the two threads, the policy in the table above (retry, backoff,
-slow retry, dead-lettering, the stop deadline) and the config reloads. What it
-decides is carried out by its neighbours: payload.py builds each event's JSON,
-auth.py holds the credentials and logs in, delivery.py keeps the counters, the
-status the control API shows, the one-time error lines and the dead-letter file,
-and spool.py stores what is pending. It must not touch the spool's files or
-word a credential into anything but a request header.
+This module owns the sender thread, the policy in the table above (retry,
+backoff, slow retry, dead-lettering, the stop deadline) and the config reloads.
+Its neighbours carry out the rest: flusher.py runs the flusher thread,
+payload.py builds each event's JSON, auth.py holds the credentials and logs in,
+delivery.py keeps the counters, the status the control API shows, the one-time
+error lines and the dead-letter file, and spool.py stores what is pending. It
+must not touch the spool's files or word a credential into anything but a
+request header.
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ from typing import Any, Callable
 
 from .auth import AuthProblem, Credentials
 from .delivery import DEAD_LETTER_FILE, DeadLetterFile, DeliveryStatus
+from .flusher import Flusher
 from .event import LEVEL_RANK, Event
 from .httpclient import Channel, TransportError
 from .payload import answer_detail, build_payload, encode_payload, retry_after
@@ -90,8 +92,6 @@ class EventForwarder:
         self.slow_retry = slow_retry
         self.connect_timeout = connect_timeout
         self.read_timeout = read_timeout
-        self.flush_interval = flush_interval
-        self.notice_interval = notice_interval
         self.recovery_notice_after = recovery_notice_after
 
         self._min_rank = LEVEL_RANK[config.events.min_level]
@@ -104,12 +104,11 @@ class EventForwarder:
         self._dead_letters = DeadLetterFile(config.state_dir)
         self._status = DeliveryStatus(self.spool.directory, recent_size)
         self._recent = self._status.recent  # sink() adds to it per event: one attribute lookup less
+        self._flusher = Flusher(self.spool, self._status, self._emit, flush_interval, notice_interval)
 
         self._wake = threading.Event()  # something to send, or stop/reload
         self._interrupt = threading.Event()  # cut a backoff wait short: stop/reload
-        self._flusher_stop = threading.Event()
         self._sender: threading.Thread | None = None
-        self._flusher: threading.Thread | None = None
         self._running = False
         self._stopped = False
         self._stopping = False
@@ -124,10 +123,6 @@ class EventForwarder:
         self._channel: Channel | None = None
         self._failures = 0  # consecutive failed attempts: the backoff's exponent
 
-        self._last_drop_notice = float("-inf")
-        self._last_refusal_notice = float("-inf")
-        self._write_error_logged = 0.0
-
     # ------------------------------------------------------------------ the bus side
 
     def sink(self, event: Event) -> None:
@@ -141,19 +136,13 @@ class EventForwarder:
             seq = self.spool.append(level, encode_payload(payload), over_cap=event.event == "events_dropped")
         except (OSError, ValueError) as exc:
             self._status.lost += 1
-            now = time.monotonic()
-            if now - self._write_error_logged > 60:
-                self._write_error_logged = now
-                log.error(
-                    "cannot write to the event spool %s: %s; %d event(s) lost so far",
-                    self.spool.directory, getattr(exc, "strerror", None) or exc, self._status.lost,
-                )
+            self._flusher.write_failed(exc, self._status.lost)
             return
         self._recent.add(seq, level, payload)
         if self._running:
             self._wake.set()
         elif self._stopped:
-            self._sync_quietly()  # no flusher any more: make late events durable now
+            self._flusher.sync_quietly()  # no flusher thread any more: make late events durable now
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -166,14 +155,12 @@ class EventForwarder:
         self._stopping = False
         self._stopped = False
         self._interrupt.clear()
-        self._flusher_stop.clear()
         self._apply_config(self._config, first=True)
         pending = self.spool.pending_count
         if pending:
             log.info("event spool: %d event(s) from before are waiting to be delivered", pending)
         self._running = True
         self._sender = threading.Thread(target=self._run_sender, name="events-sender", daemon=True)
-        self._flusher = threading.Thread(target=self._run_flusher, name="events-flusher", daemon=True)
         self._sender.start()
         self._flusher.start()
 
@@ -186,15 +173,13 @@ class EventForwarder:
             self._wake.set()
             if self._sender is not None:
                 self._sender.join(timeout + 1.0)
-            self._flusher_stop.set()
-            if self._flusher is not None:
-                self._flusher.join(5.0)
+            self._flusher.stop()
             self._running = False
             self._stopped = True
             if self._channel is not None:
                 self._channel.close()
                 self._channel = None
-        self._sync_quietly()
+        self._flusher.sync_quietly()
 
     def close(self, timeout: float = 0.0) -> None:
         """stop() and release the spool (its lock and files); for tests and a final exit."""
@@ -227,41 +212,7 @@ class EventForwarder:
     def recent(self, n: int) -> list[dict[str, Any]]:
         return self._recent.last(n)
 
-    # ------------------------------------------------------------------ flusher thread
-
-    def _run_flusher(self) -> None:
-        while not self._flusher_stop.wait(self.flush_interval):
-            self._sync_quietly()
-            try:
-                self._notices()
-            except Exception:  # pragma: no cover - a bug here must not kill the flusher
-                log.exception("event forwarder: notice failed")
-
-    def _sync_quietly(self) -> None:
-        try:
-            self.spool.sync()
-        except OSError as exc:
-            now = time.monotonic()
-            if now - self._write_error_logged > 60:
-                self._write_error_logged = now
-                log.error("cannot fsync the event spool %s: %s", self.spool.directory, exc.strerror or exc)
-
-    def _notices(self) -> None:
-        now = time.monotonic()
-        if now - self._last_drop_notice >= self.notice_interval:
-            drops = self.spool.take_drops()
-            if drops:
-                self._last_drop_notice = now
-                log.warning(
-                    "event spool full (events.spool_max_bytes = %d): dropped %d oldest event(s) %s, seq %d-%d",
-                    self.spool.max_bytes, drops["dropped"], drops["by_level"], drops["first_seq"], drops["last_seq"],
-                )
-                self._emit("events_dropped", "warning", drops)
-        if now - self._last_refusal_notice >= self.notice_interval:
-            refusals = self._status.take_refusals()
-            if refusals:
-                self._last_refusal_notice = now
-                self._emit("events_refused", "warning", refusals)
+    # ------------------------------------------------------------------ notices
 
     def _emit(self, kind: str, level: str, detail: dict[str, Any]) -> None:
         try:
