@@ -5,7 +5,9 @@ the seed's et_hello_world.py with only the fixes needed to run unattended:
 - every request has a timeout (the seed's could hang forever);
 - log() retries a few times with a short, growing pause instead of every 60 s
   forever, so a down service costs the work seconds, not hours;
-- the public-IP lookup cannot crash the executor when offline;
+- the seed's public-IP lookup (http://ifconfig.me/ip at every start) runs only when
+  asked (--public-ip-url URL or $ET_PUBLIC_IP_URL) and cannot crash it when offline;
+  by default it shows the local address used to reach the service, with no outside request;
 - SIGTERM/SIGINT end it cleanly with status 0, even in the middle of a sleep;
 - the seed's busy-wait loop (100% CPU for ~15 s) sleeps between checks.
 
@@ -36,6 +38,13 @@ parser.add_argument(
     type=int,
     default=int(os.environ.get('ET_ID', '0')),
     help='ID',
+)
+parser.add_argument(
+    '--public-ip-url',
+    dest='public_ip_url',
+    type=str,
+    default=os.environ.get('ET_PUBLIC_IP_URL') or None,
+    help='look up the public IP there at start (default: $ET_PUBLIC_IP_URL; unset: the local address)',
 )
 args = parser.parse_args()
 exec_id = f'ET-{execution_side_name}-{args.id}'
@@ -116,16 +125,29 @@ def log(level: str, message: str):
     service_request(method='POST', path='api/bases/logs/', data={'level': level, 'message': f'{exec_id}: {message}'})
 
 
-def get_public_ip() -> str:
-    # FIX: offline the seed crashed here; fall back to the host name's address.
+def get_local_ip() -> str:
+    # FIX: the address this host uses to reach the service (what its token-exempt list
+    # needs). A UDP connect sends no packet: the kernel only picks the route.
+    import socket
+    from urllib.parse import urlsplit
+    parts = urlsplit(args.service_host)
     try:
-        return requests.get('http://ifconfig.me/ip', timeout=1).text.strip()
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.connect((parts.hostname or '127.0.0.1', parts.port or 80))
+            return s.getsockname()[0]
+    except OSError:
+        return '127.0.0.1'
+
+
+def get_public_ip() -> str:
+    # FIX: the seed asked ifconfig.me at every start; now only when a URL is given,
+    # and offline the seed crashed here: fall back to the local address.
+    if not args.public_ip_url:
+        return get_local_ip()
+    try:
+        return requests.get(args.public_ip_url, timeout=1).text.strip()
     except Exception:
-        import socket
-        try:
-            return socket.gethostbyname(socket.gethostname())
-        except OSError:
-            return '127.0.0.1'
+        return get_local_ip()
 
 
 seconds = int(time.time())
