@@ -180,7 +180,7 @@ class Daemon:
             fresh = new.executors.get(type_name)
             # Editing a type's ids/count in the config replaces a runtime scale of it.
             if fresh is None or old is None or fresh.id_list != old.id_list:
-                del self.engine.scaled[type_name]
+                self.engine.drop_scale(type_name)
         self.config = self.engine.config = new
         self.engine.supervisor_name = new.name
         if self.forwarder is not None:
@@ -210,10 +210,21 @@ class Daemon:
         self.bus.subscribe(locallog.event_sink)
         self._start_forwarder()
         self.engine.load_overrides()
+        self._announce_overrides()
         left = self.engine.stop_previous_leftovers()
         if left:
             log.warning("stopped %d executors left running by a previous exec-supervisor", left)
         await self._start_extensions()
+        # Clients find this daemon through the entry even when its config file is broken.
+        from .control import registry
+
+        entry = registry.record(self.config.path, self.config.socket_path, state_dir=str(self.config.state_dir))
+        try:
+            return await self._supervise(loop)
+        finally:
+            registry.remove(entry)
+
+    async def _supervise(self, loop: asyncio.AbstractEventLoop) -> int:
         done = await self.engine.reconcile()
         self._release_memory()  # start-up's garbage (config models, YAML, the first spawns)
         counts = self.engine.counts()
@@ -242,6 +253,16 @@ class Daemon:
         if self._signals is not None:
             loop.remove_reader(self._signals.fd)
         return 0
+
+    def _announce_overrides(self) -> None:
+        """A runtime scale outlives the daemon: say at start which types it keeps off their config."""
+        for type_name, ids in self.engine.scaled.items():
+            log.warning("%s", scale_override_note(type_name, len(ids), len(self.config.ids_of(type_name)),
+                                                  self.engine.scaled_at.get(type_name)))
+        if self.engine.held:
+            log.warning("%d instance%s held stopped by `exec-supervisor stop` (`exec-supervisor start TARGET` "
+                        "runs them again): %s", len(self.engine.held), "" if len(self.engine.held) == 1 else "s",
+                        ", ".join(sorted(self.engine.held)[:8]) + (" ..." if len(self.engine.held) > 8 else ""))
 
     async def _start_extensions(self) -> None:
         """Start each extension; if one cannot start, undo the others and the forwarder, then report."""
@@ -276,6 +297,13 @@ class Daemon:
             raise DaemonError(f"{self.config.path.name}: events: cannot use the event spool: {exc}") from None
         self.bus.subscribe(self.forwarder.sink)
         self.forwarder.start()
+
+
+def scale_override_note(type_name: str, scaled: int, configured: int, when: float | None) -> str:
+    """One line for the start log and `check`: a type that runs a runtime scale, not its config."""
+    since = time.strftime(" on %Y-%m-%d %H:%M", time.localtime(when)) if when else ""
+    return (f"{type_name}: {scaled} instance{'' if scaled == 1 else 's'}, scaled at runtime{since}; "
+            f"the config says {configured}; `exec-supervisor scale {type_name} --reset` follows the config again")
 
 
 def default_extensions() -> list[Callable[[], Any]]:

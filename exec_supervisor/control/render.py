@@ -52,54 +52,6 @@ def describe_exit(last_exit: dict[str, Any] | None, now: float | None = None) ->
     return what
 
 
-def render_status(data: dict[str, Any]) -> str:
-    now = time.time()
-    header = ("EXEC ID", "STATE", "PID", "UPTIME", "RESTARTS", "CPU%", "RSS", "LAST EXIT")
-    rows = []
-    for row in data.get("instances", []):
-        state = row.get("state", "?") + (" (held)" if row.get("held") else "")
-        cpu = row.get("cpu_percent")
-        rows.append((
-            row.get("exec_id", "?"), state,
-            str(row["pid"]) if row.get("pid") else "-",
-            human_duration(row.get("uptime")),
-            str(row.get("restarts", 0)),
-            "-" if cpu is None else f"{cpu:.1f}",
-            human_bytes(row.get("rss")),
-            describe_exit(row.get("last_exit"), now),
-        ))
-    lines = []
-    if rows:
-        widths = [max(len(header[i]), *(len(r[i]) for r in rows)) for i in range(len(header) - 1)]
-        fmt = "  ".join(f"{{:<{w}}}" for w in widths) + "  {}"
-        lines.append(fmt.format(*header))
-        lines.extend(fmt.format(*r) for r in rows)
-        lines.append("")
-    for summary in data.get("types", []):
-        text = f"{summary['type']}: {summary['running']}/{summary['desired']} running"
-        notes = []
-        if summary.get("scaled") is not None:
-            if summary["scaled"] != summary.get("configured"):
-                notes.append(f"scaled to {summary['scaled']}, config says {summary['configured']}")
-            else:
-                notes.append(f"ids {summary.get('ids')} set at runtime, config says {summary.get('configured_ids')}")
-        if summary.get("held"):
-            notes.append(f"{summary['held']} held stopped")
-        if notes:
-            text += " (" + "; ".join(notes) + ")"
-        lines.append(text)
-    sup = data.get("supervisor", {})
-    lines.append(
-        f"exec-supervisor {sup.get('version', '?')} ({sup.get('name', '?')}): pid {sup.get('pid', '?')}, "
-        f"{sup.get('state', '?')}, up {human_duration(sup.get('uptime'))}, "
-        f"{sup.get('running', 0)}/{sup.get('desired', 0)} instances running, "
-        f"CPU {sup.get('cpu_percent') if sup.get('cpu_percent') is not None else '-'}%, "
-        f"RSS {human_bytes(sup.get('rss'))}"
-    )
-    lines.append(render_backlog(sup.get("forwarding"), sup.get("backlog")))
-    return "\n".join(lines)
-
-
 def render_backlog(forwarding: Any, backlog: dict[str, Any] | None) -> str:
     if not forwarding:
         return "event delivery: off (events.forward: false)"

@@ -45,8 +45,9 @@ class Engine:
         self.base_env = osproc.encode_env({k: v for k, v in os.environ.items() if k not in PRIVATE_ENV})
         self.instances: dict[str, Instance] = {}
         self.timers = SlackTimers()
-        # Runtime overrides: id sets set by `scale`, instances held stopped by `stop`.
+        # Runtime overrides: id sets set by `scale` (and when), instances held stopped by `stop`.
         self.scaled: dict[str, tuple[int, ...]] = {}
+        self.scaled_at: dict[str, float] = {}
         self.held: set[str] = set()
         self.stopping = False
         self.transitions = 0  # instance state changes so far: a measure of activity
@@ -344,21 +345,24 @@ class Engine:
 
     def load_overrides(self) -> None:
         """Runtime scale and held-stopped sets survive a daemon restart; stale types are dropped."""
-        try:
-            data = json.loads(self.overrides_file.read_text())
-        except (OSError, ValueError):
-            return
-        for type_name, ids in (data.get("scaled") or {}).items():
-            if type_name in self.config.executors and isinstance(ids, list):
-                self.scaled[type_name] = tuple(sorted({int(i) for i in ids if isinstance(i, int) and i >= 0}))
-        self.held = {e for e in data.get("held") or [] if isinstance(e, str)}
+        scaled, scaled_at, held = read_overrides(self.config.state_dir)
+        self.scaled = {t: ids for t, ids in scaled.items() if t in self.config.executors}
+        self.scaled_at = {t: when for t, when in scaled_at.items() if t in self.scaled}
+        self.held = held
 
     def save_overrides(self) -> None:
         self.scaled = {t: ids for t, ids in self.scaled.items() if t in self.config.executors}
+        self.scaled_at = {t: when for t, when in self.scaled_at.items() if t in self.scaled}
         write_json_atomic(self.overrides_file, {
             "scaled": {t: list(ids) for t, ids in self.scaled.items()},
+            "scaled_at": self.scaled_at,
             "held": sorted(self.held),
         })
+
+    def drop_scale(self, type_name: str) -> None:
+        """The type follows its configured ids again (a reload that changed them, `scale --reset`)."""
+        self.scaled.pop(type_name, None)
+        self.scaled_at.pop(type_name, None)
 
     async def scale(self, type_name: str, count: int | None = None, ids: Iterable[int] | None = None) -> dict[str, Any]:
         """Scale up adds ids after the highest; scale down drops the highest. Survivors are untouched."""
@@ -373,9 +377,10 @@ class Engine:
                 start = (max(current) + 1) if current else 0
                 new = current + tuple(range(start, start + count - len(current)))
         if new == self.config.ids_of(type_name):
-            self.scaled.pop(type_name, None)  # back to what the config says: no override to show
-        else:
+            self.drop_scale(type_name)  # back to what the config says: no override to show
+        elif new != self.scaled.get(type_name):
             self.scaled[type_name] = new
+            self.scaled_at[type_name] = time.time()
         self.save_overrides()
         self.publish(Event(event="scaled", level="info", supervisor=self.supervisor_name,
                            detail={"type": type_name, "old": len(current), "new": len(new)}))
@@ -470,6 +475,29 @@ def write_json_atomic(path: Path, data: Any) -> None:
         # dumps, not dump: dump takes json's pure-Python encoder and writes piece by piece
         handle.write(json.dumps(data, separators=(",", ":")))
     os.replace(tmp, path)
+
+
+def read_overrides(state_dir: Path) -> tuple[dict[str, tuple[int, ...]], dict[str, float], set[str]]:
+    """The runtime overrides a daemon of state_dir keeps: (scaled ids, when scaled, held exec ids).
+
+    Also read by `check`, to say which types a daemon would not run as configured."""
+    try:
+        data = json.loads((state_dir / "overrides.json").read_text())
+        scaled_data, when_data = data.get("scaled") or {}, data.get("scaled_at") or {}
+        held_data = data.get("held") or []
+    except (OSError, ValueError, AttributeError):
+        return {}, {}, set()
+    scaled: dict[str, tuple[int, ...]] = {}
+    scaled_at: dict[str, float] = {}
+    if isinstance(scaled_data, dict):
+        for type_name, ids in scaled_data.items():
+            if isinstance(ids, list):
+                scaled[type_name] = tuple(sorted({i for i in ids if isinstance(i, int) and i >= 0}))
+                when = when_data.get(type_name) if isinstance(when_data, dict) else None
+                if isinstance(when, (int, float)) and not isinstance(when, bool):
+                    scaled_at[type_name] = float(when)
+    held = {e for e in held_data if isinstance(e, str)} if isinstance(held_data, list) else set()
+    return scaled, scaled_at, held
 
 
 def iter_ids(ids: Iterable[int]) -> tuple[int, ...]:

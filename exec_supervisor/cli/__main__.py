@@ -1,0 +1,5 @@
+"""`python -m exec_supervisor.cli`."""
+
+from . import main
+
+main(prog_name="exec-supervisor")

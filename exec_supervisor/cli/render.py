@@ -1,0 +1,146 @@
+"""What the operator reads: the status table (coloured on a terminal), describe's sheet, scale notes.
+
+Owns: turning the daemon's JSON answers into text. Must not: talk to the daemon or exit.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from typing import Any
+
+from ..control.render import describe_exit, human_bytes, human_duration, render_backlog
+from .style import Painter
+
+SECRET_NAME_RE = re.compile(r"(?i)(pass(word|wd|phrase)?|secret|token|api_?key|auth|credential|private|cookie|"
+                            r"session|signature|_key$|^key$|dsn|cert)")
+MASK = "********"
+
+
+def not_running(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Desired instances that do not run: what `status` exits 4 for."""
+    out = []
+    for row in rows:
+        desired = row.get("desired")
+        if desired is None:  # an older daemon: everything not held stopped is desired
+            desired = not row.get("held") and row.get("state") != "stopping"
+        if desired and row.get("state") != "running":
+            out.append(row)
+    return out
+
+
+def scale_note(summary: dict[str, Any]) -> str | None:
+    if summary.get("scaled") is None:
+        return None
+    when = summary.get("scaled_at")
+    since = time.strftime(" on %Y-%m-%d %H:%M", time.localtime(when)) if isinstance(when, (int, float)) else ""
+    if summary["scaled"] != summary.get("configured"):
+        text = f"scaled to {summary['scaled']}{since}, config says {summary['configured']}"
+    else:
+        text = f"ids {summary.get('ids')} set at runtime{since}, config says {summary.get('configured_ids')}"
+    return text + f"; `scale {summary['type']} --reset` follows the config"
+
+
+def render_status(data: dict[str, Any], paint: Painter, states: set[str] | None = None) -> str:
+    now = time.time()
+    header = ("EXEC ID", "STATE", "PID", "UPTIME", "RESTARTS", "CPU%", "RSS", "LAST EXIT")
+    rows = []
+    for row in data.get("instances", []):
+        state = row.get("state", "?")
+        if states and state not in states:
+            continue
+        cpu = row.get("cpu_percent")
+        rows.append((state, (
+            row.get("exec_id", "?"), state + (" (held)" if row.get("held") else ""),
+            str(row["pid"]) if row.get("pid") else "-",
+            human_duration(row.get("uptime")),
+            str(row.get("restarts", 0)),
+            "-" if cpu is None else f"{cpu:.1f}",
+            human_bytes(row.get("rss")),
+            describe_exit(row.get("last_exit"), now),
+        )))
+    lines = []
+    if rows:
+        widths = [max(len(header[i]), *(len(r[i]) for _, r in rows)) for i in range(len(header) - 1)]
+        lines.append(paint("  ".join(h.ljust(w) for h, w in zip(header, widths)) + "  " + header[-1], bold=True))
+        for state, cells in rows:
+            padded = [c.ljust(w) for c, w in zip(cells, widths)] + [cells[-1]]
+            padded[1] = paint.state(padded[1], state)
+            lines.append("  ".join(padded))
+        lines.append("")
+    elif states:
+        lines.append(f"no instance is {' or '.join(sorted(states))}")
+        lines.append("")
+    for summary in data.get("types", []):
+        running, desired = summary["running"], summary["desired"]
+        count = f"{running}/{desired} running"
+        text = f"{summary['type']}: " + (paint(count, fg="green") if running == desired else
+                                         paint(count, fg="yellow", bold=True))
+        notes = []
+        note = scale_note(summary)
+        if note:
+            notes.append(note)
+        if summary.get("held"):
+            notes.append(f"{summary['held']} held stopped")
+        if notes:
+            text += " (" + "; ".join(notes) + ")"
+        lines.append(text)
+    sup = data.get("supervisor", {})
+    lines.append(
+        f"exec-supervisor {sup.get('version', '?')} ({sup.get('name', '?')}): pid {sup.get('pid', '?')}, "
+        f"{sup.get('state', '?')}, up {human_duration(sup.get('uptime'))}, "
+        f"{sup.get('running', 0)}/{sup.get('desired', 0)} instances running, "
+        f"CPU {sup.get('cpu_percent') if sup.get('cpu_percent') is not None else '-'}%, "
+        f"RSS {human_bytes(sup.get('rss'))}"
+    )
+    lines.append(render_backlog(sup.get("forwarding"), sup.get("backlog")))
+    return "\n".join(lines)
+
+
+def masked_env(env: dict[str, str] | list[Any]) -> list[tuple[str, str]]:
+    """Environment names with values; values of secret-looking names masked."""
+    items = env.items() if isinstance(env, dict) else [tuple(pair) for pair in env]
+    return [(str(name), MASK if SECRET_NAME_RE.search(str(name)) else str(value)) for name, value in items]
+
+
+def render_describe(info: dict[str, Any], paint: Painter) -> str:
+    now = time.time()
+    state = str(info.get("state", "?"))
+    lines = [paint(str(info.get("exec_id")), bold=True) + "  " + paint.state(state, state)
+             + (" (held stopped)" if info.get("held") else "")]
+
+    def field(name: str, value: Any) -> None:
+        lines.append(f"  {name + ':':<13}{value}")
+
+    field("type", f"{info.get('type')} (id {info.get('id')})")
+    field("pid", info.get("pid") or "-")
+    field("uptime", human_duration(info.get("uptime")))
+    field("restarts", info.get("restarts", 0))
+    field("last exit", describe_exit(info.get("last_exit"), now))
+    if info.get("cpu_percent") is not None or info.get("rss") is not None:
+        cpu = info.get("cpu_percent")
+        field("cpu / rss", f"{'-' if cpu is None else f'{cpu:.1f}%'} / {human_bytes(info.get('rss'))}")
+    if info.get("health") is not None:
+        field("health", info["health"] if isinstance(info["health"], str) else
+              ", ".join(f"{k}={v}" for k, v in info["health"].items()))
+    import shlex
+    field("command", shlex.join(info.get("argv") or []))
+    field("cwd", info.get("cwd") or "-")
+    field("log", info.get("log") or "-")
+    policy = info.get("policy") or {}
+    if policy:
+        field("policy", ", ".join(f"{k} {v}" for k, v in policy.items()))
+    env = masked_env(info.get("env") or {})
+    lines.append(f"  {'env:':<13}" + ("-" if not env else ""))
+    width = max((len(name) for name, _ in env), default=0)
+    for name, value in env:
+        lines.append(f"    {name:<{width}}  {value}")
+    history = info.get("history") or []
+    lines.append(f"  {'history:':<13}" + ("-" if not history else f"(last {len(history)} transitions)"))
+    for item in history:
+        when = item.get("time")
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(when)) if isinstance(when, (int, float)) else "?"
+        to = str(item.get("state", "?"))
+        reason = item.get("reason")
+        lines.append(f"    {stamp}  {paint.state(to.ljust(8), to)}  {reason or ''}".rstrip())
+    return "\n".join(lines)
