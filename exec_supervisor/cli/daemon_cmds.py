@@ -108,12 +108,13 @@ def start(what: str | None, quiet: bool, tail: bool, config_path: str | None, so
 
 @main.command()
 @click.argument("config", type=click.Path(dir_okay=False), required=False)
-def check(config: str | None) -> None:
+@click.option("-c", "--config", "config_path", metavar="PATH", default=None, help="The same as CONFIG.")
+def check(config: str | None, config_path: str | None) -> None:
     """Validate CONFIG and print the planned instances (and any runtime scale a daemon would keep)."""
     from ..daemon import scale_override_note
     from ..supervise.engine import read_overrides
 
-    config = config or resolve_target(None, None)[0]
+    config = config or resolve_target(config_path, None)[0]
     cfg = load_or_exit(config)
     planned = cfg.planned()
     width = max((len(spec.exec_id) for spec in planned), default=7)

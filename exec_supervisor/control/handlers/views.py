@@ -41,6 +41,7 @@ def _row(ctl: ControlServer, instance: Instance) -> dict[str, Any]:
     row["cpu_percent"] = cpu
     row["rss"] = rss
     row["held"] = instance.spec.exec_id in ctl.engine.held
+    row["desired"] = instance.want_running  # wanted running: `status` exits 4 when one of these is not
     row["log"] = str(instance.log_path)
     return row
 
@@ -68,6 +69,7 @@ async def status(ctl: ControlServer, request: Request) -> Response:
             "instances": len(group),
             "configured": len(engine.config.ids_of(type_name)),
             "scaled": len(engine.ids_of(type_name)) if scaled else None,
+            "scaled_at": engine.scaled_at.get(type_name) if scaled else None,
             "ids": compact_ids(engine.ids_of(type_name)),
             "configured_ids": compact_ids(engine.config.ids_of(type_name)),
             "held": sum(1 for i in group if i.spec.exec_id in engine.held),
