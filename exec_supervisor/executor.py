@@ -12,7 +12,8 @@
 
 This module depends on `requests` and the standard library only, and imports
 nothing else from exec_supervisor: it must keep working when frozen by
-PyInstaller or copied next to an executor as a single file.
+PyInstaller or copied next to an executor as a single file. That is why it
+stays one module, longer than the package's other modules.
 
 What it fixes compared with the seed's boilerplate (seed/complex_tasks.md):
 - every request has connect/read timeouts and retries with capped exponential
