@@ -211,6 +211,8 @@ class Daemon:
         self._start_forwarder()
         self.engine.load_overrides()
         self._announce_overrides()
+        for warning in self.config.secret_env_warnings():
+            log.warning("%s", warning)
         left = self.engine.stop_previous_leftovers()
         if left:
             log.warning("stopped %d executors left running by a previous exec-supervisor", left)

@@ -125,6 +125,8 @@ def check(config: str | None, config_path: str | None) -> None:
         f"{cfg.path}: OK: {plural(len(planned), 'instance')} of {plural(len(cfg.executors), 'type')}; "
         f"state in {cfg.state_dir}, logs in {cfg.log_dir}"
     )
+    for warning in cfg.secret_env_warnings():
+        click.echo("warning: " + warning)
     scaled, scaled_at, held = read_overrides(cfg.state_dir)
     for type_name, ids in scaled.items():
         if type_name in cfg.executors:

@@ -329,6 +329,22 @@ class FarmConfig:
         cwd = sys.intern(os.path.normpath(os.path.join(self.base_dir, executor.cwd)))
         return InstanceSpec(type_name, instance_id, exec_id, argv, tuple(sorted(env.items())), cwd)
 
+    def secret_env_warnings(self) -> list[str]:
+        """One line per type whose env: hands it a service.auth variable (the supervisor's credential)."""
+        auth = self.service.auth
+        keys = {auth.token_env: "token_env", auth.username_env: "username_env", auth.password_env: "password_env"}
+        found = []
+        for type_name, executor in self.executors.items():
+            for name in executor.env:
+                if name in keys and name:
+                    how = "passes the supervisor's value" if executor.env[name] == "" else "sets it"
+                    found.append(
+                        f"{self.path}: executors.{type_name}.env.{name}: {how} to every instance of {type_name}, "
+                        f"but it is service.auth.{keys[name]}, the supervisor's credential; executors' log lines "
+                        "reach the service through the supervisor without it"
+                    )
+        return found
+
     def planned(self) -> list[InstanceSpec]:
         return [
             self.instance_spec(name, instance_id)

@@ -34,15 +34,20 @@ PRIVATE_ENV = ("NOTIFY_SOCKET", "WATCHDOG_PID", "WATCHDOG_USEC", "LISTEN_PID", "
                "LISTEN_FDNAMES", "JOURNAL_STREAM")
 
 
+def secret_env_names(config: FarmConfig) -> tuple[str, ...]:
+    """The variables service.auth names: the supervisor's credentials, never an executor's."""
+    auth = config.service.auth
+    return tuple(name for name in (auth.token_env, auth.username_env, auth.password_env) if name)
+
+
 class Engine:
     def __init__(self, config: FarmConfig, bus: EventBus) -> None:
-        self.config = config
         self.bus = bus
+        self.config = config  # sets base_env too
         # The bus's own method, not one that calls it: a frame less for each of a restart's events.
         self.publish: Callable[[Event], None] = bus.publish
         self.supervisor_name = config.name
         self.log_dir = config.log_dir
-        self.base_env = osproc.encode_env({k: v for k, v in os.environ.items() if k not in PRIVATE_ENV})
         self.instances: dict[str, Instance] = {}
         self.timers = SlackTimers()
         # Runtime overrides: id sets set by `scale` (and when), instances held stopped by `stop`.
@@ -65,7 +70,31 @@ class Engine:
         self._reconcile_lock = asyncio.Lock()
         self._state_listeners: list[Any] = []
 
+    @property
+    def config(self) -> FarmConfig:
+        return self._config
+
+    @config.setter
+    def config(self, config: FarmConfig) -> None:
+        # A reload may name other credentials: the environment every instance inherits follows it.
+        self._config = config
+        self._secrets = secret_env_names(config)
+        hidden = set(PRIVATE_ENV) | set(self._secrets)
+        self.base_env = osproc.encode_env({k: v for k, v in os.environ.items() if k not in hidden})
+
     # ------------------------------------------------------------------ Host protocol
+
+    def spawn_env(self, spec: InstanceSpec) -> dict[bytes, bytes]:
+        """The environment of one spawn: the supervisor's without secrets, then the type's env.
+
+        A service.auth variable reaches a type only when its env names it; named with an empty
+        value, it passes the supervisor's own value (systemd's PassEnvironment=)."""
+        env = {**self.base_env, **osproc.encode_env(spec.env)}
+        for name in self._secrets:
+            key = os.fsencode(name)
+            if env.get(key) == b"" and name in os.environ:
+                env[key] = os.fsencode(os.environ[name])
+        return env
 
     def track(self, instance: Instance, pid: int) -> None:
         self._by_pid[pid] = instance

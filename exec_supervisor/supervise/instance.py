@@ -50,10 +50,10 @@ class Host(Protocol):
 
     supervisor_name: str
     log_dir: Path
-    base_env: dict[bytes, bytes]  # encoded once: posix_spawn would encode it again at every spawn
 
     timers: SlackTimers
 
+    def spawn_env(self, spec: InstanceSpec) -> dict[bytes, bytes]: ...
     def publish(self, event: Event) -> None: ...
     def track(self, instance: "Instance", pid: int) -> None: ...
     def orphans_of(self, exec_id: str) -> set[int]: ...
@@ -234,7 +234,7 @@ class Instance:
     def _spawn(self) -> None:
         self._set_state(State.STARTING)
         spec = self.spec
-        env = {**self.host.base_env, **osproc.encode_env(spec.env)}
+        env = self.host.spawn_env(spec)
         self._log_offset = osproc.file_size(self.log_file)
         self.started_at = time.monotonic()
         self.started_wall = time.time()
