@@ -26,6 +26,7 @@ from exec_supervisor.events.forwarder import DEAD_LETTER_FILE, EventForwarder
 FAST = dict(
     backoff_initial=0.02,
     backoff_max=0.2,
+    probe_interval=0.1,
     slow_retry=0.2,
     connect_timeout=1.0,
     read_timeout=1.0,
@@ -167,6 +168,74 @@ def test_oversized_message_is_capped(tmp_path: Path, svc: DevService, harness: C
 
 
 # --------------------------------------------------------------------------- outages
+
+
+def test_backlog_moves_within_5s_of_the_service_return_whatever_the_backoff(
+        tmp_path: Path, svc: DevService, harness: Callable[..., Harness]) -> None:
+    # The production probe interval, and a backoff already at a 60 s cap: only the probe can
+    # notice the return in time.
+    h = harness(make_config(tmp_path, svc.url), backoff_initial=60.0, backoff_max=60.0, probe_interval=3.0)
+    h.fw.start()
+    h.fw.sink(info(0))
+    assert svc.wait_for(lambda es: len(es) == 1, 10)
+    drained(h)
+    port = svc.port
+    svc.stop()
+    down_at = time.time()
+    for i in range(1, 21):
+        h.fw.sink(info(i))
+    wait_until(lambda: h.fw.backlog()["state"] == "retrying", what="the sender to notice the outage")
+    # A few probes fail (each one a refused connect) before the service comes back.
+    wait_until(lambda: time.time() - down_at > 4.0, timeout=10, what="a 4 s outage")
+    svc.start()
+    back_at = time.time()
+    assert svc.port == port
+    assert svc.wait_for(lambda es: len(es) >= 2, 10)
+    moved_after = time.time() - back_at
+    assert moved_after < 5.0, f"the backlog started moving {moved_after:.1f}s after the service's return"
+    assert svc.wait_for(lambda es: any(e["event"] == "delivery_recovered" for e in es), 10)
+    summary = ours(svc.entries, "delivery_recovered")[0]
+    # The outage reported is the time delivery was impossible (first to last failed attempt):
+    # at most the real downtime, and less than it by one probe interval at most.
+    real = back_at - down_at
+    assert real - 3.5 <= summary["detail"]["outage"] <= real + 0.5, (summary["detail"], real)
+    assert summary["detail"]["cause"] == "unreachable"
+    assert "log API reachable again after" in summary["message"]
+    assert [e["id"] for e in svc.entries if e["event"] == "running"] == list(range(21))
+
+
+def test_a_5xx_service_gets_the_capped_backoff_not_probes(tmp_path: Path, svc: DevService,
+                                                          harness: Callable[..., Harness]) -> None:
+    h = harness(make_config(tmp_path, svc.url), backoff_initial=0.2, backoff_max=0.4, probe_interval=0.01)
+    h.fw.start()
+    svc.fail_status = 503
+    h.fw.sink(info(0))
+    wait_until(lambda: svc.requests_seen >= 3, what="a few refused attempts")
+    started, seen = time.monotonic(), svc.requests_seen
+    wait_until(lambda: time.monotonic() - started > 1.0, what="a second of backoff")
+    # At 0.01 s probes this would be ~100 requests; the backoff (0.2, 0.4, 0.4 s) allows a handful.
+    assert svc.requests_seen - seen <= 6
+    svc.fail_status = None
+    assert svc.wait_for(lambda es: any(e["event"] == "delivery_recovered" for e in es), 10)
+    summary = ours(svc.entries, "delivery_recovered")[0]
+    assert summary["detail"]["cause"] == "errors"
+    assert "after answering errors for" in summary["message"]
+
+
+def test_after_401s_the_recovery_says_accepted_again_not_reachable(tmp_path: Path,
+                                                                   harness: Callable[..., Harness]) -> None:
+    with DevService(token="tok-right", exempt=False) as service:
+        h = harness(make_config(tmp_path, service.url))
+        h.fw.start()
+        h.fw.sink(info(0))
+        wait_until(lambda: h.fw.backlog()["state"] == "unauthorized", what="the 401")
+        wait_until(lambda: service.requests_seen >= 3, what="a few refused attempts")
+        service.require_auth = False  # the host was added to the exemption list
+        assert service.wait_for(lambda es: any(e["event"] == "delivery_recovered" for e in es), 10)
+        summary = ours(service.entries, "delivery_recovered")[0]
+        assert summary["detail"]["cause"] == "refused"
+        assert "accepts the supervisor's events again after refusing them for" in summary["message"]
+        assert "reachable" not in summary["message"]
 
 
 def test_service_down_then_back_everything_arrives_in_order(tmp_path: Path, svc: DevService,

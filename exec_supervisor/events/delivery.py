@@ -103,6 +103,8 @@ class DeliveryStatus:
         self.state = "idle"
         self.last_error: str | None = None
         self._outage_since: float | None = None
+        self._last_failure = 0.0  # time of the latest failed attempt of the current outage
+        self._cause = "unreachable"  # the outage's latest kind: unreachable | errors | refused | misconfigured
         self._outage_logged = False
         self._auth_logged = False
         self._endpoint_logged = False
@@ -123,10 +125,15 @@ class DeliveryStatus:
         self.delivered += 1
         self.recent.mark(record.seq, "sent")
         if self._outage_since is not None:
-            outage = time.time() - self._outage_since
-            self._recovery = {"since": self._outage_since, "outage": outage, "delayed": 0, "max_delay": 0.0}
+            # How long delivery was really impossible: to the last failed attempt, not to this
+            # success (the wait between the two is the retry interval, not the outage).
+            now = time.time()
+            outage = max(0.0, self._last_failure - self._outage_since)
+            self._recovery = {"since": self._outage_since, "outage": outage, "delayed": 0, "max_delay": 0.0,
+                              "cause": self._cause, "resumed_after": max(0.0, now - self._last_failure)}
             self._outage_since = None
-            log.info("event forwarder: the log API at %s accepts events again (after %.1fs)", self.url, outage)
+            log.info("event forwarder: the log API at %s accepts events again (after %.1fs of %s)",
+                     self.url, outage, self._cause)
         self._outage_logged = self._auth_logged = self._endpoint_logged = False
         self.state = "ok"
         self.last_error = None
@@ -144,6 +151,8 @@ class DeliveryStatus:
             "delayed": recovery["delayed"],
             "max_delay": round(recovery["max_delay"], 3),
             "outage": round(recovery["outage"], 3),
+            "cause": recovery["cause"],
+            "resumed_after": round(recovery["resumed_after"], 3),
         }
         log.info(
             "event forwarder: backlog delivered: %d event(s) were delayed up to %.1fs",
@@ -151,11 +160,17 @@ class DeliveryStatus:
         )
         return detail
 
-    def outage(self, reason: str, backoff_max: float) -> None:
-        """No answer, or one worth retrying (5xx, 408, 425, 429): the sender backs off."""
-        self.last_error = reason
+    def _failure(self, cause: str) -> None:
+        now = time.time()
         if self._outage_since is None:
-            self._outage_since = time.time()
+            self._outage_since = now
+        self._last_failure = now
+        self._cause = cause
+
+    def outage(self, reason: str, backoff_max: float, cause: str = "unreachable") -> None:
+        """No answer (cause "unreachable"), or one worth retrying (5xx, 408, 425, 429: "errors")."""
+        self.last_error = reason
+        self._failure(cause)
         self.state = "retrying"
         if not self._outage_logged:
             self._outage_logged = True
@@ -168,8 +183,7 @@ class DeliveryStatus:
     def refused(self, reason: str, config: Any, slow_retry: float) -> None:
         """401 / 403 (or credentials that cannot work): log ONE error saying how to fix it."""
         self.last_error = f"refused by the service: {reason}"
-        if self._outage_since is None:
-            self._outage_since = time.time()
+        self._failure("refused")
         self.state = "unauthorized"
         if not self._auth_logged:
             self._auth_logged = True
@@ -185,8 +199,7 @@ class DeliveryStatus:
         """3xx, 404, 405: service.host points at the wrong place; log ONE error."""
         moved = f" to {location}" if location else ""
         self.last_error = f"POST {self.url}: {status} {detail}{moved}"
-        if self._outage_since is None:
-            self._outage_since = time.time()
+        self._failure("misconfigured")
         self.state = "misconfigured"
         if not self._endpoint_logged:
             self._endpoint_logged = True

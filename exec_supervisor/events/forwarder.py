@@ -12,8 +12,10 @@ connection, see httpclient) delivers the oldest pending event and removes it onl
 after a 2xx answer. What it does with other answers:
 
 ==========================  =================================================================
-connection error, timeout,  keep it, retry with capped exponential backoff and jitter
-5xx, 408, 425, 429          (Retry-After honoured up to the cap)
+no connection (refused,     keep it, probe again every probe_interval s (jittered): one cheap
+reset, unreachable)         attempt, so delivery resumes within seconds of the service's return
+read timeout, 5xx, 408,     keep it, retry with capped exponential backoff and jitter: the
+425, 429                    service is there and says "not now" (Retry-After honoured up to the cap)
 401 / 403                   keep it, log ONE error saying how to fix it, renew the token if
                             the supervisor logs in with username/password, retry slowly
 3xx, 404, 405               keep it (service.host points at the wrong place: every event
@@ -75,6 +77,7 @@ class EventForwarder:
         backoff_initial: float = 1.0,
         backoff_max: float = 60.0,
         backoff_jitter: float = 0.2,
+        probe_interval: float = 3.0,
         slow_retry: float = 30.0,
         connect_timeout: float = 3.0,
         read_timeout: float = 10.0,
@@ -89,6 +92,7 @@ class EventForwarder:
         self.backoff_initial = backoff_initial
         self.backoff_max = backoff_max
         self.backoff_jitter = backoff_jitter
+        self.probe_interval = probe_interval
         self.slow_retry = slow_retry
         self.connect_timeout = connect_timeout
         self.read_timeout = read_timeout
@@ -316,13 +320,13 @@ class EventForwarder:
         except AuthProblem as exc:
             return self._refused(str(exc))
         except TransportError as exc:
-            return self._failed(f"cannot get a token from {self._token_url}: {exc}")
+            return self._failed(f"cannot get a token from {self._token_url}: {exc}", exc.busy)
         if token:
             headers["Authorization"] = "Bearer " + token
         try:
             response = self._http().post(self._url, record.data, headers, self._timeouts())
         except TransportError as exc:
-            return self._failed(f"POST {self._url}: {exc}")
+            return self._failed(f"POST {self._url}: {exc}", exc.busy)
         status = response.status
         if 200 <= status < 300:
             self.spool.ack(record.seq, record.level)
@@ -340,7 +344,7 @@ class EventForwarder:
             return self._wrong_endpoint(status, detail, where)
         if status >= 500 or status in _RETRYABLE:
             wait = retry_after(response)
-            self._status.outage(f"POST {self._url}: {status} {detail}", self.backoff_max)
+            self._status.outage(f"POST {self._url}: {status} {detail}", self.backoff_max, "errors")
             return "retry", self._backoff(wait)
         self._dead_letter(record, status, detail)
         return "dead", 0.0
@@ -361,9 +365,14 @@ class EventForwarder:
 
     # ------------------------------------------------------------------ outcomes
 
-    def _failed(self, reason: str) -> tuple[str, float]:
-        self._status.outage(reason, self.backoff_max)
-        return "retry", self._backoff()
+    def _failed(self, reason: str, busy: bool) -> tuple[str, float]:
+        if busy:
+            self._status.outage(reason, self.backoff_max, "errors")
+            return "retry", self._backoff()
+        # Nobody there: the backoff would only delay noticing the return (by up to backoff_max).
+        # Probing costs one refused connect; jitter keeps many farms from probing in step.
+        self._status.outage(reason, self.backoff_max, "unreachable")
+        return "retry", self.probe_interval * (1.0 - 0.5 * random.random())
 
     def _refused(self, reason: str) -> tuple[str, float]:
         self._status.refused(reason, self._config, self.slow_retry)

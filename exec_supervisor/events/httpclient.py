@@ -25,7 +25,15 @@ from urllib.parse import unquote, urlsplit
 
 
 class TransportError(Exception):
-    """No HTTP answer: the connection failed or timed out. The message is safe to log."""
+    """No HTTP answer: the connection failed or timed out. The message is safe to log.
+
+    busy: the service took the connection and the request but did not answer in time (it is
+    there, and overloaded); otherwise nothing is listening or reachable, and a cheap retry soon
+    is how delivery notices that it is back."""
+
+    def __init__(self, message: str, busy: bool = False) -> None:
+        super().__init__(message)
+        self.busy = busy
 
 
 class Answer:
@@ -101,7 +109,7 @@ class Channel:
                 raise TransportError(describe(exc)) from None
             except (OSError, http.client.HTTPException) as exc:
                 self.close()
-                raise TransportError(describe(exc)) from None
+                raise TransportError(describe(exc), busy=isinstance(exc, TimeoutError)) from None
             if response.will_close:
                 self.close()
             return Answer(response.status, response.headers, data)

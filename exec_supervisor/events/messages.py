@@ -122,8 +122,13 @@ def _supervisor_en(e: "Event") -> str:
             f"kept in {d.get('file', 'the dead-letter file')}"
         )
     if kind == "delivery_recovered":
+        what = {
+            "refused": "accepts the supervisor's events again after refusing them for",
+            "misconfigured": "accepts events again after rejecting the address for",
+            "errors": "accepts events again after answering errors for",
+        }.get(d.get("cause", ""), "reachable again after")
         return (
-            f"log API reachable again after {_seconds(d.get('outage'))}: {d.get('delayed', 0)} events "
+            f"log API {what} {_seconds(d.get('outage'))}: {d.get('delayed', 0)} events "
             f"were delayed up to {_seconds(d.get('max_delay'))}"
         )
     return str(d.get("text", kind))
@@ -180,8 +185,13 @@ def _zh(e: "Event") -> str:
             f"已保存到 {d.get('file', '死信文件')}"
         )
     if kind == "delivery_recovered":
+        what = {
+            "refused": "重新接受监督器的事件 (此前拒收",
+            "misconfigured": "重新接受事件 (此前地址被拒",
+            "errors": "重新接受事件 (此前返回错误",
+        }.get(d.get("cause", ""), "已恢复 (中断")
         return (
-            f"日志接口已恢复 (中断 {_seconds(d.get('outage'))}): {d.get('delayed', 0)} 条事件延迟, "
+            f"日志接口{what} {_seconds(d.get('outage'))}): {d.get('delayed', 0)} 条事件延迟, "
             f"最长 {_seconds(d.get('max_delay'))}"
         )
     return str(d.get("text_zh", d.get("text", kind)))
