@@ -142,13 +142,19 @@ class Daemon:
 
     # ------------------------------------------------------------------ reload
 
-    async def reload(self) -> dict[str, Any]:
-        """Re-read the config file; an invalid one changes nothing. SIGHUP and the control API both land here."""
+    async def reload(self, dry_run: bool = False, rolling: bool = False, batch: int = 1) -> dict[str, Any]:
+        """Re-read the config file; an invalid one changes nothing. SIGHUP and the control API both land here.
+
+        dry_run: say what would start, stop and restart (the engine's own plan), changing nothing.
+        rolling: restart changed instances `batch` at a time, each batch running before the next.
+        """
         async with self._reload_lock:
             if self._stop.is_set():
                 return {"ok": False, "errors": ["the daemon is stopping; reload refused"]}
+            if dry_run:
+                return self._plan_reload()
             await self._hook("reloading")
-            result = await self._reload()
+            result = await self._reload(rolling, batch)
             await self._hook("reloaded", result)
             return result
 
@@ -163,32 +169,67 @@ class Daemon:
             except Exception:
                 log.exception("extension %s.%s failed", type(extension).__name__, name)
 
-    async def _reload(self) -> dict[str, Any]:
+    def _read_new(self) -> tuple[config_mod.FarmConfig | None, list[str]]:
+        """The config file as it is now, or the reasons it cannot be applied."""
         try:
             new = config_mod.load(self.config.path)
         except config_mod.ConfigError as exc:
-            errors = [str(p) for p in exc.problems]
-            self.emit("reload_failed", level="error", errors="; ".join(errors))
-            return {"ok": False, "errors": errors}
+            return None, [str(p) for p in exc.problems]
         for key in ("state_dir", "log_dir"):
             if getattr(new, key) != getattr(self.config, key):
-                message = f"{self.config.path.name}: supervisor.{key}: cannot change while running (restart the daemon)"
-                self.emit("reload_failed", level="error", errors=message)
-                return {"ok": False, "errors": [message]}
-        for type_name in list(self.engine.scaled):
-            old = self.config.executors.get(type_name)
-            fresh = new.executors.get(type_name)
-            # Editing a type's ids/count in the config replaces a runtime scale of it.
+                return None, [f"{self.config.path.name}: supervisor.{key}: cannot change while running "
+                              "(restart the daemon)"]
+        return new, []
+
+    def _dropped_scales(self, new: config_mod.FarmConfig) -> list[str]:
+        """Editing a type's ids/count in the config replaces a runtime scale of it."""
+        dropped = []
+        for type_name in self.engine.scaled:
+            old, fresh = self.config.executors.get(type_name), new.executors.get(type_name)
             if fresh is None or old is None or fresh.id_list != old.id_list:
-                self.engine.drop_scale(type_name)
+                dropped.append(type_name)
+        return dropped
+
+    def _plan_reload(self) -> dict[str, Any]:
+        new, errors = self._read_new()
+        if new is None:
+            return {"ok": False, "dry_run": True, "errors": errors}
+        dropped = self._dropped_scales(new)
+        changes = self.engine.plan(new, {t: ids for t, ids in self.engine.scaled.items() if t not in dropped})
+        counts = {key: len(ids) for key, ids in changes.items()}
+        del changes["unchanged"]
+        return {"ok": True, "dry_run": True, **counts, "changes": changes, "scale_dropped": dropped}
+
+    async def _reload(self, rolling: bool = False, batch: int = 1) -> dict[str, Any]:
+        new, errors = self._read_new()
+        if new is None:
+            self.emit("reload_failed", level="error", errors="; ".join(errors))
+            return {"ok": False, "errors": errors}
+        dropped = self._dropped_scales(new)
+        for type_name in dropped:
+            self.engine.drop_scale(type_name)
+        if dropped:
+            self.engine.save_overrides()
         self.config = self.engine.config = new
         self.engine.supervisor_name = new.name
         if self.forwarder is not None:
             self.forwarder.reconfigure(new)
-        done = await self.engine.reconcile()
+        changes: dict[str, list[str]] = {"started": [], "stopped": [], "restarted": [], "unchanged": []}
+        deferred: list[Any] = []
+        done = await self.engine.reconcile(changes, deferred if rolling else None)
         osproc.release_free_memory()  # the old config's models and the reload's garbage
         self.emit("reloaded", **done)
-        return {"ok": True, **done}
+        del changes["unchanged"]
+        result: dict[str, Any] = {"ok": True, **done, "changes": changes, "scale_dropped": dropped}
+        if rolling:
+            failed = await self.engine.restart_instances(deferred, rolling=True, batch=batch)
+            if failed:
+                names = [i.spec.exec_id for i in deferred]
+                last = max(names.index(f) for f in failed)
+                result.update(ok=False, failed=failed, not_restarted=names[last + 1:],
+                              error=f"{', '.join(failed)} did not come back to running; "
+                                    f"{len(names) - last - 1} changed instance(s) after it were not restarted")
+        return result
 
     # ------------------------------------------------------------------ main
 

@@ -8,9 +8,11 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
+import yaml
 from conftest import Farm, wait_until
 from exec_supervisor.control import registry
 
@@ -152,3 +154,175 @@ def test_runtime_scale_is_announced_and_reset(farm: Farm) -> None:
     assert "scaled" not in run_ok(farm, "status")
     assert "note:" not in run_ok(farm, "check", str(farm.config_path))
     assert farm.stop() == 0
+
+
+# --------------------------------------------------------------------------- describe, logs, signal, reload
+
+
+def talker(**extra: Any) -> dict[str, Any]:
+    """A shell loop that says who it is ten times a second and answers USR1."""
+    script = 'trap "echo got USR1 $ET_EXEC_ID" USR1; while true; do echo "line from $ET_EXEC_ID"; sleep 0.1; done'
+    return {"command": ["/bin/sh", "-c", script], "args": [], **extra}
+
+
+def test_describe_masks_secrets_and_shows_history(farm: Farm) -> None:
+    farm.write({"A": sleeper(count=1, env={"API_TOKEN": "s3cret-token-value", "DB_PASSWORD": "hunter2pw",
+                                           "MODEL_DIR": "/data/models"})})
+    farm.start(wait_instances=1)
+    wait_until(lambda: states(farm).get("ET-A-0") == "running", 20, what="running")
+    os.kill(farm.instances()["ET-A-0"], 9)
+    wait_until(lambda: "SIGKILL" in run_ok(farm, "describe", "ET-A-0") and
+               states(farm).get("ET-A-0") == "running", 20, what="back to running")
+    text = run_ok(farm, "describe", "ET-A-0")
+    as_json = run_ok(farm, "describe", "ET-A-0", "--json")
+    everything = text + as_json + run_ok(farm, "status", "--json", codes=(0, 4))
+    assert "s3cret-token-value" not in everything and "hunter2pw" not in everything
+    assert re.search(r"^\s+API_TOKEN\s+\*{8}$", text, re.M) and re.search(r"^\s+DB_PASSWORD\s+\*{8}$", text, re.M)
+    assert re.search(r"^\s+MODEL_DIR\s+/data/models$", text, re.M)
+    assert re.search(rf"^\s+command:\s+{re.escape(SLEEP)} 10000$", text, re.M)
+    assert re.search(rf"^\s+log:\s+{re.escape(str(farm.log_dir / 'ET-A-0.log'))}$", text, re.M)
+    assert re.search(r"^\s+restarts:\s+1$", text, re.M)
+    history = [line.split(None, 3)[2:] for line in text.splitlines() if re.match(r"^\s+\d{4}-\d\d-\d\d ", line)]
+    assert [h[0] for h in history] == ["starting", "running", "backoff", "starting", "running"], history
+    assert "signal SIGKILL" in history[2][1] and "restart in" in history[2][1]
+    assert json.loads(as_json)["history"][2]["state"] == "backoff"
+    missing = cli(farm, "describe", "ET-A-7")
+    assert missing.returncode == 2 and "no instance ET-A-7" in missing.stderr
+    assert farm.stop() == 0
+
+
+def test_logs_of_three_instances_interleaved(farm: Farm, tmp_path: Path) -> None:
+    farm.write({"A": talker(count=3), "B": sleeper(count=1)})
+    farm.start(wait_instances=4)
+    wait_until(lambda: all((farm.log_dir / f"ET-A-{i}.log").exists() and
+                           (farm.log_dir / f"ET-A-{i}.log").stat().st_size > 60 for i in range(3)), 20,
+               what="three logs with lines")
+    text = run_ok(farm, "logs", "A", "-n", "2")
+    prefixed = re.findall(r"^(ET-A-\d) \| line from (ET-A-\d)$", text, re.M)
+    assert sorted({p for p, _ in prefixed}) == ["ET-A-0", "ET-A-1", "ET-A-2"] and len(prefixed) == 6, text
+    assert all(p == q for p, q in prefixed), "each line carries its own instance's prefix"
+
+    out_path = tmp_path / "follow.out"
+    with open(out_path, "wb") as out:
+        follower = subprocess.Popen([sys.executable, "-m", "exec_supervisor.cli", "logs", "all", "-f", "-n", "0",
+                                     "-c", str(farm.config_path)], stdout=out, stderr=subprocess.STDOUT)
+        try:
+            def seen() -> set[str]:
+                found = re.findall(r"^(ET-A-\d) \| line from (ET-A-\d)$", out_path.read_text(), re.M)
+                assert all(p == q for p, q in found)
+                return {p for p, _ in found}
+            wait_until(lambda: seen() == {"ET-A-0", "ET-A-1", "ET-A-2"}, 20, what="lines of all three, followed")
+        finally:
+            follower.terminate()
+            follower.wait(10)
+    assert "\x1b[" not in out_path.read_text(), "no colour into a file"
+
+    run_ok(farm, "scale", "A", "2", "--wait")  # ET-A-2 scaled away: its log stays readable
+    assert re.search(r"^line from ET-A-2$", run_ok(farm, "logs", "ET-A-2", "-n", "3"), re.M)
+    assert "ET-A-2 | line from ET-A-2" in run_ok(farm, "logs", "A", "-n", "1")
+    wait_until(lambda: time.time() - (farm.log_dir / "ET-A-2.log").stat().st_mtime > 1.5, 10,
+               what="ET-A-2's log idle")
+    recent = run_ok(farm, "logs", "A", "-n", "1", "--since", "1s")
+    assert "ET-A-0 | line from ET-A-0" in recent and "ET-A-2" not in recent, recent
+    gone = cli(farm, "logs", "ET-A-9")
+    assert gone.returncode == 2 and "no log file" in gone.stderr
+    assert farm.stop() == 0
+
+
+def test_signal_reaches_each_running_instance(farm: Farm) -> None:
+    farm.write({"A": talker(count=2)})
+    farm.start(wait_instances=2)
+    wait_until(lambda: set(states(farm).values()) == {"running"}, 20, what="running")
+    pids = farm.instances()
+    out = run_ok(farm, "signal", "A", "usr1")
+    assert out.strip() == "sent SIGUSR1 to 2 instances: ET-A-0, ET-A-1"
+    for i in range(2):
+        wait_until(lambda: f"got USR1 ET-A-{i}" in (farm.log_dir / f"ET-A-{i}.log").read_text(), 10,
+                   what=f"ET-A-{i} got the signal")
+    assert farm.instances() == pids
+    bad = cli(farm, "signal", "A", "NOPE")
+    assert bad.returncode == 2 and "'NOPE' is not a signal" in bad.stderr
+    run_ok(farm, "stop", "ET-A-1")
+    out = run_ok(farm, "signal", "all", "HUP")
+    assert "sent SIGHUP to 1 instance: ET-A-0" in out
+    assert farm.stop() == 0
+
+
+def _reload_lines(text: str) -> dict[str, list[str]]:
+    found = {}
+    for verb in ("start", "stop", "restart"):
+        match = re.search(rf"^  {verb}: (.*)$", text, re.M)
+        found[verb] = sorted(re.split(r"[ ,]+", match.group(1))) if match else []
+    return found
+
+
+def test_reload_dry_run_matches_what_reload_does(farm: Farm) -> None:
+    farm.write({"A": sleeper(count=3), "B": sleeper(count=2), "D": sleeper(count=1)})
+    farm.start(wait_instances=6)
+    wait_until(lambda: set(states(farm).values()) == {"running"}, 20, what="running")
+    pids = farm.instances()
+    config = yaml.safe_load(farm.config_path.read_text())
+    config["executors"]["A"]["count"] = 2
+    config["executors"]["B"]["env"]["NEW"] = "1"
+    config["executors"]["C"] = sleeper(count=1, env=config["executors"]["D"]["env"])
+    farm.config_path.write_text(yaml.safe_dump(config, sort_keys=False))
+
+    dry = run_ok(farm, "reload", "--dry-run")
+    assert dry.splitlines()[0] == "reload would: 1 start, 1 stop, 2 restart, 3 unchanged (nothing was changed)"
+    planned = _reload_lines(dry)
+    assert planned == {"start": ["ET-C-0"], "stop": ["ET-A-2"], "restart": ["ET-B-0", "ET-B-1"]}
+    assert farm.instances() == pids, "a dry run changes nothing"
+
+    done = run_ok(farm, "reload", "--rolling")
+    assert done.splitlines()[0] == "reloaded: 1 started, 1 stopped, 2 restarted (rolling), 3 unchanged"
+    assert _reload_lines(done) == planned
+    now = farm.instances()
+    assert sorted(now) == ["ET-A-0", "ET-A-1", "ET-B-0", "ET-B-1", "ET-C-0", "ET-D-0"]
+    assert now["ET-A-0"] == pids["ET-A-0"] and now["ET-D-0"] == pids["ET-D-0"]
+    assert now["ET-B-0"] != pids["ET-B-0"] and now["ET-B-1"] != pids["ET-B-1"]
+    # Rolling: ET-B-1 was asked to stop only once ET-B-0 ran again.
+    b0 = json.loads(run_ok(farm, "describe", "ET-B-0", "--json"))["history"]
+    b1 = json.loads(run_ok(farm, "describe", "ET-B-1", "--json"))["history"]
+    b0_back = [h["time"] for h in b0 if h["state"] == "running"][-1]
+    b1_stop = [h["time"] for h in b1 if h["state"] == "stopping"][-1]
+    assert b1_stop >= b0_back, (b0, b1)
+    assert "reload would: 0 start, 0 stop, 0 restart, 6 unchanged" in run_ok(farm, "reload", "--dry-run")
+    assert farm.stop() == 0
+
+
+# --------------------------------------------------------------------------- completion, start
+
+
+def test_completion_of_an_exec_id_from_the_running_daemon(farm: Farm) -> None:
+    farm.write({"Alpha": sleeper(ids="3,17"), "Beta": sleeper(count=1)})
+    farm.start(wait_instances=3)
+    env = {**os.environ, "_EXEC_SUPERVISOR_COMPLETE": "bash_complete", "COMP_WORDS": "exec-supervisor logs ET-Al",
+           "COMP_CWORD": "2", "EXEC_SUPERVISOR_CONFIG": str(farm.config_path)}
+    result = subprocess.run([sys.executable, "-m", "exec_supervisor.cli"], env=env, capture_output=True, text=True,
+                            timeout=30)
+    assert result.returncode == 0 and result.stderr == ""
+    assert result.stdout.split() == ["plain,ET-Alpha-3", "plain,ET-Alpha-17"], result.stdout
+    env["COMP_WORDS"] = f"exec-supervisor -c {farm.config_path} scale B"
+    env["COMP_CWORD"] = "4"
+    result = subprocess.run([sys.executable, "-m", "exec_supervisor.cli"], env=env, capture_output=True, text=True,
+                            timeout=30)
+    assert result.stdout.split() == ["plain,Beta"], result.stdout
+    env["COMP_WORDS"] = "exec-supervisor status ET-"
+    env["EXEC_SUPERVISOR_CONFIG"] = str(farm.dir / "missing.yaml")
+    env["COMP_CWORD"] = "2"
+    result = subprocess.run([sys.executable, "-m", "exec_supervisor.cli"], env=env, capture_output=True, text=True,
+                            timeout=30)
+    assert (result.returncode, result.stdout.strip(), result.stderr) == (0, "", ""), "silent when no daemon answers"
+    assert farm.stop() == 0
+
+
+def test_start_says_where_things_are_and_tails_the_output(farm: Farm) -> None:
+    farm.write({"A": talker(count=2)})
+    farm.start("--tail", wait_instances=2)
+    log = farm.wait_log("ET-A-1 | line from ET-A-1", timeout=20)
+    assert "ET-A-0 | line from ET-A-0" in log
+    assert re.search(rf"exec-supervisor: 2 instances of 1 type; logs in {re.escape(str(farm.log_dir))}/"
+                     rf"ET-<Name>-<id>\.log, control socket {re.escape(str(farm.state_dir / 'control.sock'))}", log)
+    assert f"exec-supervisor -c {farm.config_path} status" in log
+    assert farm.stop() == 0
+    assert "Traceback" not in farm.log()

@@ -193,15 +193,87 @@ def scale(spec: tuple[str, ...], reset: bool, wait: bool, timeout: float | None,
 # --------------------------------------------------------------------------- reload, shutdown
 
 
+def _names(ids: list[str], limit: int = 8) -> str:
+    return ", ".join(ids[:limit]) + (f" and {len(ids) - limit} more" if len(ids) > limit else "")
+
+
 @main.command()
+@click.option("--dry-run", is_flag=True, help="Say what would start, stop and restart; change nothing.")
+@click.option("--rolling", is_flag=True, help="Restart changed instances --batch at a time, each batch running "
+                                              "before the next (instead of all at once).")
+@click.option("--batch", type=click.IntRange(1, 100_000), default=1, show_default=True,
+              help="Instances restarted together with --rolling.")
 @control_options
-def reload(config_path: str | None, socket_path: str | None) -> None:
+def reload(dry_run: bool, rolling: bool, batch: int, config_path: str | None, socket_path: str | None) -> None:
     """Re-read the daemon's config and apply the difference (like SIGHUP); a bad config changes nothing."""
-    data = call(make_client(config_path, socket_path, timeout=300), "POST", "/v1/reload", {})
-    click.echo(
-        f"reloaded: {data.get('started', 0)} started, {data.get('stopped', 0)} stopped, "
-        f"{data.get('restarted', 0)} restarted, {data.get('unchanged', 0)} unchanged"
-    )
+    client = make_client(config_path, socket_path, timeout=None if rolling else 300)
+    body: dict[str, Any] = {"dry_run": dry_run, "rolling": rolling, "batch": batch}
+    if rolling and not dry_run:
+        from copy import copy
+
+        probe = copy(client)
+        before: dict[str, Any] = {}
+        answer = status_rows(probe, "all")
+        if answer is not None:
+            before = {r.get("exec_id"): r.get("pid") for r in answer[0]}
+
+        def poll() -> tuple[int, int] | None:
+            # Changed instances are not known before the answer: count restarts of the farm's instances.
+            rows = status_rows(probe, "all")
+            if rows is None:
+                return None
+            moved = [r for r in rows[0] if r.get("exec_id") in before and r.get("pid") != before[r.get("exec_id")]]
+            return sum(1 for r in moved if r.get("state") == "running"), len(moved)
+
+        data = with_progress(lambda: call(client, "POST", "/v1/reload", body), poll, "restarted instances running")
+    else:
+        data = call(client, "POST", "/v1/reload", body)
+    changes = data.get("changes") or {}
+    head = "would" if dry_run else "reloaded:"
+    verbs = (("started", "start"), ("stopped", "stop"), ("restarted", "restart"))
+    if dry_run:
+        parts = [f"{data.get(done, 0)} {word}" for done, word in verbs] + [f"{data.get('unchanged', 0)} unchanged"]
+        click.echo(f"reload would: {', '.join(parts)} (nothing was changed)")
+    else:
+        click.echo(f"{head} {data.get('started', 0)} started, {data.get('stopped', 0)} stopped, "
+                   f"{data.get('restarted', 0)} restarted{' (rolling)' if rolling else ''}, "
+                   f"{data.get('unchanged', 0)} unchanged")
+    for done, word in verbs:
+        ids = changes.get(done) or []
+        if ids:
+            click.echo(f"  {word}: {' '.join(ids) if dry_run else _names(ids)}")
+    for type_name in data.get("scale_dropped") or []:
+        click.echo(f"  {type_name}: its ids/count changed in the config, which replaces its runtime scale")
+    if not data.get("ok", True):
+        click.echo(f"exec-supervisor: {data.get('error', 'not done')}", err=True)
+        sys.exit(EXIT_FAILED)
+
+
+@main.command("signal")
+@click.argument("target", shell_complete=complete_target)
+@click.argument("signal_name", metavar="SIGNAL")
+@control_options
+def send_signal(target: str, signal_name: str, config_path: str | None, socket_path: str | None) -> None:
+    """Send SIGNAL (HUP, USR1, 10, ...) to the process group of each running instance of TARGET.
+
+    The instances' state does not change: a signal that ends one is an exit like any other
+    (restarted by its policy). Use stop/restart to stop or restart.
+    """
+    data = call(make_client(config_path, socket_path), "POST", "/v1/signal",
+                {"target": target, "signal": signal_name})
+    sent, skipped = data.get("signalled") or [], data.get("skipped") or []
+    from signal import Signals
+
+    try:
+        name = Signals(int(data.get("signal", 0))).name
+    except ValueError:
+        name = str(data.get("signal"))
+    if sent:
+        click.echo(f"sent {name} to {plural(len(sent), 'instance')}: {_names(sent)}")
+    if skipped:
+        click.echo(f"not running, not signalled: {_names(skipped)}", err=not sent)
+    if not data.get("ok", True):
+        fail(f"exec-supervisor: {data.get('error', 'not done')}", EXIT_FAILED)
 
 
 @main.command()

@@ -5,16 +5,13 @@ Owns: turning the daemon's JSON answers into text. Must not: talk to the daemon 
 
 from __future__ import annotations
 
-import re
+import shlex
 import time
 from typing import Any
 
 from ..control.render import describe_exit, human_bytes, human_duration, render_backlog
 from .style import Painter
 
-SECRET_NAME_RE = re.compile(r"(?i)(pass(word|wd|phrase)?|secret|token|api_?key|auth|credential|private|cookie|"
-                            r"session|signature|_key$|^key$|dsn|cert)")
-MASK = "********"
 
 
 def not_running(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -97,12 +94,6 @@ def render_status(data: dict[str, Any], paint: Painter, states: set[str] | None 
     return "\n".join(lines)
 
 
-def masked_env(env: dict[str, str] | list[Any]) -> list[tuple[str, str]]:
-    """Environment names with values; values of secret-looking names masked."""
-    items = env.items() if isinstance(env, dict) else [tuple(pair) for pair in env]
-    return [(str(name), MASK if SECRET_NAME_RE.search(str(name)) else str(value)) for name, value in items]
-
-
 def render_describe(info: dict[str, Any], paint: Painter) -> str:
     now = time.time()
     state = str(info.get("state", "?"))
@@ -123,17 +114,16 @@ def render_describe(info: dict[str, Any], paint: Painter) -> str:
     if info.get("health") is not None:
         field("health", info["health"] if isinstance(info["health"], str) else
               ", ".join(f"{k}={v}" for k, v in info["health"].items()))
-    import shlex
     field("command", shlex.join(info.get("argv") or []))
     field("cwd", info.get("cwd") or "-")
     field("log", info.get("log") or "-")
     policy = info.get("policy") or {}
     if policy:
-        field("policy", ", ".join(f"{k} {v}" for k, v in policy.items()))
-    env = masked_env(info.get("env") or {})
-    lines.append(f"  {'env:':<13}" + ("-" if not env else ""))
-    width = max((len(name) for name, _ in env), default=0)
-    for name, value in env:
+        field("policy", ", ".join(f"{k} {v}" for k, v in policy.items() if v is not None))
+    env = info.get("env") or {}  # secret-looking values come masked by the daemon
+    lines.append(f"  {'env:':<13}" + (info.get("env_note") or "") )
+    width = max((len(name) for name in env), default=0)
+    for name, value in env.items():
         lines.append(f"    {name:<{width}}  {value}")
     history = info.get("history") or []
     lines.append(f"  {'history:':<13}" + ("-" if not history else f"(last {len(history)} transitions)"))

@@ -13,7 +13,7 @@ from typing import Any
 import click
 
 from .app import EXIT_NOT_RUNNING, call, client as make_client, control_options, main
-from .completion import complete_target
+from .completion import complete_exec_id, complete_target
 from .style import STATE_COLOURS, Painter, wants_colour
 
 STATES = tuple(s for s in STATE_COLOURS if s != "gone")
@@ -107,3 +107,18 @@ def _watch(client: Any, target: str, states: set[str] | None, interval: float) -
         if terminal:
             sys.stdout.write("\x1b[?25h")
             sys.stdout.flush()
+
+
+@main.command()
+@click.argument("exec_id", metavar="ET-<Type>-<id>", shell_complete=complete_exec_id)
+@click.option("--json", "as_json", is_flag=True, help="Print the daemon's JSON answer.")
+@control_options
+def describe(exec_id: str, as_json: bool, config_path: str | None, socket_path: str | None) -> None:
+    """Everything about one instance: command line, cwd, environment (secrets masked), log file,
+    restarts, last exit, and its last state transitions with times and reasons."""
+    from urllib.parse import quote
+
+    from .render import render_describe
+
+    data = call(make_client(config_path, socket_path), "GET", "/v1/describe/" + quote(exec_id, safe=""))
+    click.echo(json.dumps(data, indent=2) if as_json else render_describe(data, Painter(wants_colour())))

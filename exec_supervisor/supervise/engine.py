@@ -152,60 +152,105 @@ class Engine:
             return self.scaled[type_name]
         return self.config.ids_of(type_name)
 
-    def desired(self) -> dict[str, tuple[InstanceSpec, ExecutorType]]:
+    def desired(self, config: FarmConfig | None = None,
+                scaled: dict[str, tuple[int, ...]] | None = None) -> dict[str, tuple[InstanceSpec, ExecutorType]]:
+        """exec id -> (spec, policy) of every wanted instance, for the current config and scale or the given ones."""
+        config = config or self.config
+        scaled = self.scaled if scaled is None else scaled
         wanted: dict[str, tuple[InstanceSpec, ExecutorType]] = {}
-        for type_name, executor in self.config.executors.items():
-            for instance_id in self.ids_of(type_name):
-                spec = self.config.instance_spec(type_name, instance_id)
+        for type_name, executor in config.executors.items():
+            for instance_id in scaled.get(type_name, executor.id_list):
+                spec = config.instance_spec(type_name, instance_id)
                 wanted[spec.exec_id] = (spec, executor)
         return wanted
 
-    async def reconcile(self) -> dict[str, int]:
-        """Make the actual instances match the desired ones; returns what was done."""
+    def _decide(self, exec_id: str, instance: Instance | None, spec: InstanceSpec | None) -> str:
+        """What reconcile does to one instance (reload --dry-run asks the same question): one of
+        start, stop, restart, unchanged, forget (removed at rest: dropped silently), none."""
+        if spec is None:  # not wanted
+            if instance is None or instance in self._retiring:
+                return "none"
+            return "forget" if instance.settled and not instance.want_running else "stop"
+        held = exec_id in self.held
+        if instance is None:
+            return "none" if held else "start"
+        if instance in self._retiring and not held:
+            return "start"  # wanted again while it stopped: bring it back
+        if held:
+            return "stop" if instance.want_running or instance.state not in AT_REST else "none"
+        if instance.state is State.STOPPED and not instance.want_running:
+            return "start"
+        if spec.launch_key != instance.spec.launch_key and instance.state not in AT_REST:
+            return "restart"
+        return "unchanged"
+
+    def plan(self, config: FarmConfig | None = None,
+             scaled: dict[str, tuple[int, ...]] | None = None) -> dict[str, list[str]]:
+        """The exec ids reconcile would start, stop and restart (and leave alone), changing nothing."""
+        wanted = self.desired(config, scaled)
+        changes: dict[str, list[str]] = {"started": [], "stopped": [], "restarted": [], "unchanged": []}
+        names = {"start": "started", "stop": "stopped", "restart": "restarted", "unchanged": "unchanged"}
+        for exec_id, instance in self.instances.items():
+            if exec_id not in wanted and (action := self._decide(exec_id, instance, None)) in names:
+                changes[names[action]].append(exec_id)
+        for exec_id, (spec, _) in wanted.items():
+            if (action := self._decide(exec_id, self.instances.get(exec_id), spec)) in names:
+                changes[names[action]].append(exec_id)
+        return changes
+
+    async def reconcile(self, changes: dict[str, list[str]] | None = None,
+                        deferred: list[Instance] | None = None) -> dict[str, int]:
+        """Make the actual instances match the desired ones; returns what was done.
+
+        changes: filled with the exec ids started, stopped, restarted and unchanged.
+        deferred: instances to restart are put there instead (a rolling reload restarts them after).
+        """
         async with self._reconcile_lock:
             done = {"started": 0, "stopped": 0, "restarted": 0, "unchanged": 0}
             if self.stopping:
                 return done
             wanted = self.desired()
             for exec_id, instance in list(self.instances.items()):
-                if exec_id in wanted or instance in self._retiring:
+                if exec_id in wanted:
                     continue
-                if instance.settled and not instance.want_running:
+                action = self._decide(exec_id, instance, None)
+                if action == "forget":
                     del self.instances[exec_id]
-                else:
+                elif action == "stop":
                     done["stopped"] += 1
+                    if changes is not None:
+                        changes["stopped"].append(exec_id)
                     self._retire(instance)
             actions = 0
             for exec_id, (spec, policy) in wanted.items():
                 if self.stopping:
                     break
                 instance = self.instances.get(exec_id)
+                action = self._decide(exec_id, instance, spec)
                 if instance is None:
                     instance = self.instances[exec_id] = Instance(spec, policy, self)
-                    if exec_id not in self.held:
-                        instance.start()
-                        done["started"] += 1
-                        actions += 1
-                    continue
-                relaunch = instance.update(spec, policy)
-                if instance in self._retiring and exec_id not in self.held:
-                    self._retiring.discard(instance)  # wanted again while it stopped: bring it back
-                    instance.start()
-                    done["started"] += 1
-                elif exec_id in self.held:
-                    if instance.want_running or instance.state not in AT_REST:
-                        instance.stop()
-                        done["stopped"] += 1
-                elif instance.state is State.STOPPED and not instance.want_running:
-                    instance.start()
-                    done["started"] += 1
-                    actions += 1
-                elif relaunch and instance.state not in AT_REST:
-                    instance.restart()
-                    done["restarted"] += 1
-                    actions += 1
                 else:
+                    instance.update(spec, policy)
+                if action == "start":
+                    self._retiring.discard(instance)
+                    instance.start()
+                    done["started"] += 1
+                    actions += 1
+                elif action == "stop":
+                    instance.stop()
+                    done["stopped"] += 1
+                elif action == "restart":
+                    if deferred is not None:
+                        deferred.append(instance)
+                    else:
+                        instance.restart()
+                        actions += 1
+                    done["restarted"] += 1
+                elif action == "unchanged":
                     done["unchanged"] += 1
+                if changes is not None and action in ("start", "stop", "restart", "unchanged"):
+                    changes[{"start": "started", "stop": "stopped", "restart": "restarted",
+                             "unchanged": "unchanged"}[action]].append(exec_id)
                 if actions and actions % SPAWN_BATCH == 0:
                     await asyncio.sleep(0)
             return done
@@ -430,8 +475,10 @@ class Engine:
             instance.start()  # also one still stopping: it comes back once stopped
         await self.reconcile()
 
-    async def restart_instances(self, instances: list[Instance], rolling: bool = False) -> list[str]:
-        """Restart now (all at once, or one by one waiting for each to run); returns those that did not come up."""
+    async def restart_instances(self, instances: list[Instance], rolling: bool = False,
+                                batch: int = 1) -> list[str]:
+        """Restart now (all at once, or `batch` at a time, each batch running again before the next);
+        returns those of the first failing batch that did not come up (the rest is left alone)."""
         self.held.difference_update(i.spec.exec_id for i in instances)
         self.save_overrides()
         instances = self.not_retiring(instances)
@@ -439,15 +486,29 @@ class Engine:
             for instance in instances:
                 instance.restart()
             return []
-        failed = []
+        batch = max(1, batch)
+        for start in range(0, len(instances), batch):
+            group = instances[start:start + batch]
+            for instance in group:
+                instance.restart()
+            budget = max(i.policy.stop_timeout + i.policy.start_seconds for i in group) + 30
+            ups = await asyncio.gather(*(i.wait_until((State.RUNNING, State.FATAL, State.EXITED), budget)
+                                         for i in group))
+            failed = [i.spec.exec_id for i, up in zip(group, ups) if not up or i.state is not State.RUNNING]
+            if failed:
+                return failed  # do not take down the rest of the fleet behind a bad batch
+        return []
+
+    def signal_instances(self, instances: list[Instance], sig: int) -> tuple[list[str], list[str]]:
+        """Send sig to the process group of each live instance; returns (signalled, skipped) exec ids."""
+        sent, skipped = [], []
         for instance in instances:
-            instance.restart()
-            budget = instance.policy.stop_timeout + instance.policy.start_seconds + 30
-            up = await instance.wait_until((State.RUNNING, State.FATAL, State.EXITED), budget)
-            if not up or instance.state is not State.RUNNING:
-                failed.append(instance.spec.exec_id)
-                break  # do not take down the rest of the fleet behind a bad instance
-        return failed
+            if instance.pid is not None and instance.state in (State.STARTING, State.RUNNING) \
+                    and osproc.signal_group(instance.pid, sig):
+                sent.append(instance.spec.exec_id)
+            else:
+                skipped.append(instance.spec.exec_id)
+        return sent, skipped
 
     async def wait_settled(self, type_names: Iterable[str], timeout: float) -> list[str]:
         """Wait until every wanted instance of the types runs and removed ones are gone; returns laggards."""

@@ -28,6 +28,9 @@ from ..events import INSTANCE_EVENT_LEVELS, OUTPUT_TAIL_MAX_BYTES, Event
 from .timers import Cancellable, SlackTimers, backoff_delay
 
 CRASH_TAIL_LINES = 20
+# Transitions kept per instance for `describe`: (wall time, state, reason). A farm holds thousands
+# of instances, so few, in one tuple, with reasons that are mostly shared constant strings.
+HISTORY_MAX = 8
 
 log = logging.getLogger("exec_supervisor")
 
@@ -66,7 +69,7 @@ class Instance:
     __slots__ = ("spec", "policy", "host", "state", "want_running", "pid", "started_at", "started_wall",
                  "started_boottime", "restarts", "failures", "restart_times", "last_exit", "log_file", "_log_offset",
                  "_timer", "_pgid", "_restart_at", "_killed", "_stop_deadline", "_cleanup", "_start_pending",
-                 "_rest_waiters", "_state_waiters")
+                 "_rest_waiters", "_state_waiters", "history")
 
     def __init__(self, spec: InstanceSpec, policy: ExecutorType, host: Host) -> None:
         self.spec = spec
@@ -97,6 +100,7 @@ class Instance:
         # Empty tuples until someone waits: a farm holds thousands of instances nobody waits on.
         self._rest_waiters: list[asyncio.Future[None]] | tuple[()] = ()
         self._state_waiters: list[tuple[tuple[State, ...], asyncio.Future[None]]] | tuple[()] = ()
+        self.history: tuple[tuple[float, State, str], ...] = ()
 
     @property
     def log_path(self) -> Path:
@@ -127,11 +131,11 @@ class Instance:
         elif self.state is State.BACKOFF:
             self._cancel_timer()
             if self._cleanup is None:
-                self._set_state(State.STOPPED)
+                self._set_state(State.STOPPED, "stop requested during backoff")
                 self._emit("stopped")
             # else: the running cleanup ends in _after_cleanup, which sees want_running False.
         elif self.state in (State.EXITED, State.FATAL):
-            self._set_state(State.STOPPED)
+            self._set_state(State.STOPPED, "stop requested")
 
     def restart(self) -> None:
         if self.state in (State.STARTING, State.RUNNING):
@@ -197,8 +201,10 @@ class Instance:
             self.policy.restart == "always" or (self.policy.restart == "on-failure" and not expected)
         )
         output = self._output_tail() if not expected else None
+        what = f"signal {signal_name}" if signal_name else f"exit code {exit_code}"
         if restart_due and self._restarts_exhausted(now):
-            self._set_state(State.FATAL)
+            self._set_state(State.FATAL, f"{what}; {self.policy.max_restarts} restarts within "
+                                         f"{self.policy.restart_window:g}s")
             self._emit(
                 "fatal", pid=pid, exit_code=exit_code, signal=signal_name, runtime=runtime,
                 output=output, detail={"window": self.policy.restart_window},
@@ -212,9 +218,9 @@ class Instance:
             self._count_restart(now)
             restart_in = backoff_delay(self.policy, self.failures)
             self._restart_at = now + restart_in
-            self._set_state(State.BACKOFF)
+            self._set_state(State.BACKOFF, f"{what} after {runtime:.1f}s; restart in {restart_in:.1f}s")
         else:
-            self._set_state(State.EXITED)
+            self._set_state(State.EXITED, f"{what} after {runtime:.1f}s; no restart due ({self.policy.restart})")
         self._emit(
             "exited" if expected else "crashed",
             pid=pid, exit_code=exit_code, signal=signal_name, runtime=runtime,
@@ -226,13 +232,13 @@ class Instance:
         # A deadline set for an earlier run (the instance stopped or exited since) is stale.
         if self.state is State.STARTING and started_at == self.started_at:
             self.failures = 0
-            self._set_state(State.RUNNING)
+            self._set_state(State.RUNNING, "alive start_seconds")
             self._emit("running", pid=self.pid)
 
     # ------------------------------------------------------------------ internals
 
-    def _spawn(self) -> None:
-        self._set_state(State.STARTING)
+    def _spawn(self, reason: str = "start requested") -> None:
+        self._set_state(State.STARTING, reason)
         spec = self.spec
         env = self.host.spawn_env(spec)
         self._log_offset = osproc.file_size(self.log_file)
@@ -260,7 +266,7 @@ class Instance:
                           "error": f"{exc.strerror or exc}: {exc.filename or self.spec.argv[0]}"}
         now = time.monotonic()
         if self.policy.restart != "never" and self._restarts_exhausted(now):
-            self._set_state(State.FATAL)
+            self._set_state(State.FATAL, f"could not start: {self.last_exit['error']}")
             self._emit("fatal", runtime=0.0,
                        detail={"window": self.policy.restart_window, "error": self.last_exit["error"]})
             return
@@ -269,7 +275,8 @@ class Instance:
         if restart_in is not None:
             self.restarts += 1
             self._count_restart(now)
-        self._set_state(State.BACKOFF if restart_in is not None else State.EXITED)
+        self._set_state(State.BACKOFF if restart_in is not None else State.EXITED,
+                        f"could not start: {self.last_exit['error']}")
         self._emit("crashed", runtime=0.0, restart_in=restart_in, detail={"error": self.last_exit["error"]})
         if restart_in is not None:
             self._timer = asyncio.get_running_loop().call_later(restart_in, self._restart_now)
@@ -297,11 +304,11 @@ class Instance:
     def _restart_now(self) -> None:
         self._timer = None
         if self.state is State.BACKOFF and self.want_running:
-            self._spawn()
+            self._spawn("backoff over")
 
     def _begin_stop(self) -> None:
         self._cancel_timer()
-        self._set_state(State.STOPPING)
+        self._set_state(State.STOPPING, "restart requested" if self.want_running else "stop requested")
         self._stop_deadline = time.monotonic() + self.policy.stop_timeout
         self._emit("stopping", pid=self.pid, detail={"signal": osproc.signal_name(self.policy.stop_signal)})
         assert self.pid is not None
@@ -359,14 +366,14 @@ class Instance:
         if self.state in AT_REST and pending and self.want_running:
             self._spawn()
         elif self.state is State.STOPPING:
-            self._set_state(State.STOPPED)
+            self._set_state(State.STOPPED, "killed after stop_timeout" if killed else "stopped")
             self._emit("stopped", detail={"killed": killed})
             if self.want_running:  # a restart: come back at once
                 self.failures = 0
-                self._spawn()
+                self._spawn("restart")
         elif self.state is State.BACKOFF:
             if not self.want_running:
-                self._set_state(State.STOPPED)
+                self._set_state(State.STOPPED, "stop requested during backoff")
                 self._emit("stopped", detail={"killed": killed})
             else:
                 delay = self._restart_at - time.monotonic()
@@ -386,8 +393,12 @@ class Instance:
             self._timer.cancel()
             self._timer = None
 
-    def _set_state(self, state: State) -> None:
+    def _set_state(self, state: State, reason: str) -> None:
         self.state = state
+        history = self.history
+        if len(history) >= HISTORY_MAX:
+            history = history[1 - HISTORY_MAX:]
+        self.history = history + ((time.time(), state, reason),)
         self.host.state_changed(self)
         if self._state_waiters:
             keep = []

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from ...config import parse_ids
 from ...supervise.instance import AT_REST, Instance, State
 from ..httpserver import HttpError as ApiError, Request, Response, json_response as _json
-from ..params import TYPE_RE, body_of, flag, known_type, number, select
+from ..params import TYPE_RE, body_of, count, flag, known_type, number, select, shorten
 from ..route import Route
 
 if TYPE_CHECKING:
@@ -161,12 +161,38 @@ async def _settled(ctl: ControlServer, target: str, instances: list[Instance], w
 
 
 async def reload(ctl: ControlServer, request: Request) -> Response:
-    await body_of(request)
+    body = await body_of(request)
     ctl.check_running()
-    result = await ctl.daemon.reload()
-    if not result.get("ok"):
+    dry_run = flag(body.get("dry_run"), "dry_run", False)
+    rolling = flag(body.get("rolling"), "rolling", False)
+    batch = max(1, count(body.get("batch"), "batch", 1, MAX_INSTANCES_PER_TYPE))
+    result = await ctl.daemon.reload(dry_run=dry_run, rolling=rolling, batch=batch)
+    if not result.get("ok") and result.get("errors"):
         return _json({"error": "the new config has errors; nothing was changed", **result}, 422)
     return _json(result)
+
+
+def _signal_number(value: Any) -> int:
+    """HUP, SIGHUP, hup, 1 or "1" -> 1 (the config's own reading of stop_signal); anything else is refused."""
+    from ...config.values import parse_signal
+
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value.strip()) if len(value.strip()) < 4 else -1
+    try:
+        return parse_signal(value)
+    except ValueError as exc:
+        raise ApiError(400, f"signal: {exc}") from None
+
+
+async def send_signal(ctl: ControlServer, request: Request) -> Response:
+    body = await body_of(request)
+    ctl.check_running()
+    instances = select(ctl.engine, body.get("target"))
+    number = _signal_number(body.get("signal"))
+    sent, skipped = ctl.engine.signal_instances(instances, number)
+    return _json({"ok": bool(sent) or not instances, "target": body["target"], "signal": number,
+                  "signalled": sent, "skipped": skipped,
+                  **({} if sent or not instances else {"error": "no instance of the target is running"})})
 
 
 async def shutdown(ctl: ControlServer, request: Request) -> Response:
@@ -183,5 +209,6 @@ ROUTES = [
     Route("POST", "/stop", stop),
     Route("POST", "/restart", restart),
     Route("POST", "/reload", reload),
+    Route("POST", "/signal", send_signal),
     Route("POST", "/shutdown", shutdown),
 ]

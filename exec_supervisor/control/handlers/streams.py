@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING
 from ...events import Event
 from ..httpserver import HttpError as ApiError, Request, Response, StreamResponse, json_response as _json
 from ..logtail import FOLLOW_CHUNK, LogFollower, read_tail
-from ..params import EXEC_ID_RE, count, flag, known_instance, shorten
+from ..params import EXEC_ID_RE, count, flag, shorten
+from .multilogs import log_files
 from ..route import Route
 
 if TYPE_CHECKING:
@@ -67,10 +68,11 @@ async def logs(ctl: ControlServer, request: Request) -> StreamResponse:
     if not EXEC_ID_RE.fullmatch(exec_id):
         raise ApiError(400, f"{shorten(exec_id)!r} is not an exec id (ET-<Name>-<id>); logs are only served for "
                             "instances of this farm")
-    instance = known_instance(ctl.engine, exec_id)
     n = count(request.query.get("n"), "n", 50, MAX_TAIL_LINES)
     follow = flag(request.query.get("follow"), "follow", False)
-    path = instance.log_path  # built from log_dir and the farm's own exec id: no request text in it
+    # Built from log_dir and an exec id (a pattern with no `/`): an instance scaled away stays
+    # readable while its file exists.
+    path = log_files(ctl, exec_id)[0][1]
     tail, offset = read_tail(path, n)
     if not follow:
         return Response(tail, content_type="text/plain; charset=utf-8")

@@ -1,6 +1,6 @@
-"""Read-only views of the farm: the endpoint index, health, and status.
+"""Read-only views of the farm: the endpoint index, health, status, and one instance described.
 
-Owns what `GET /v1`, `/v1/health` and `/v1/status` answer. These handlers only read
+Owns what `GET /v1`, `/v1/health`, `/v1/status` and `/v1/describe/<exec-id>` answer. These handlers only read
 the daemon and the engine; they must never change the desired state (that is
 commands.py) and never stream (that is streams.py).
 """
@@ -8,13 +8,15 @@ commands.py) and never stream (that is streams.py).
 from __future__ import annotations
 
 import os
+import re
 import time
 from typing import TYPE_CHECKING, Any
 
 from ... import __version__
+from ...supervise import osproc
 from ...supervise.instance import Instance, State
-from ..httpserver import Request, Response, json_response as _json
-from ..params import select
+from ..httpserver import HttpError as ApiError, Request, Response, json_response as _json
+from ..params import EXEC_ID_RE, known_instance, select, shorten
 from ..route import Route
 
 if TYPE_CHECKING:
@@ -99,6 +101,50 @@ async def status(ctl: ControlServer, request: Request) -> Response:
     return _json({"supervisor": supervisor, "types": types, "instances": rows})
 
 
+# Environment values never leave the daemon when their name looks like a secret's.
+SECRET_NAME_RE = re.compile(r"(?i)pass(word|wd|phrase)?|secret|token|api_?key|auth|credential|private|cookie|"
+                            r"session|signature|(^|_)key$|dsn|cert")
+MASK = "********"
+
+
+def masked_env(env: Any) -> dict[str, str]:
+    return {name: MASK if SECRET_NAME_RE.search(name) else value for name, value in env}
+
+
+def shown_argv(argv: Any, cwd: str) -> list[str]:
+    """The command line with each relative path that exists in the instance's cwd made absolute (display only)."""
+    shown = []
+    for arg in argv:
+        if "/" in arg and not arg.startswith(("/", "-")) and "://" not in arg:
+            candidate = os.path.normpath(os.path.join(cwd, arg))
+            if os.path.exists(candidate):
+                arg = candidate
+        shown.append(arg)
+    return shown
+
+
+async def describe(ctl: ControlServer, request: Request) -> Response:
+    exec_id = request.match_info.get("exec_id", "")
+    if not EXEC_ID_RE.fullmatch(exec_id):
+        raise ApiError(400, f"{shorten(exec_id)!r} is not an exec id (ET-<Name>-<id>)")
+    instance = known_instance(ctl.engine, exec_id)
+    info = _row(ctl, instance)
+    policy = instance.policy
+    info.update({
+        "argv": shown_argv(instance.spec.argv, instance.spec.cwd),
+        "cwd": instance.spec.cwd,
+        "env": masked_env(instance.spec.env),
+        "env_note": "plus the supervisor's own environment",
+        "policy": {
+            "restart": policy.restart, "start_seconds": policy.start_seconds,
+            "max_restarts": policy.max_restarts, "restart_window": policy.restart_window,
+            "stop_signal": osproc.signal_name(policy.stop_signal), "stop_timeout": policy.stop_timeout,
+        },
+        "history": [{"time": when, "state": state.value, "reason": reason} for when, state, reason in instance.history],
+    })
+    return _json(info)
+
+
 def compact_ids(ids: Any) -> str:
     """(0, 1, 2, 3, 10) -> '0-3,10'."""
     parts: list[str] = []
@@ -120,4 +166,5 @@ ROUTES = [
     Route("GET", "/", index, listed=False),
     Route("GET", "/health", health),
     Route("GET", "/status", status, query="?target="),
+    Route("GET", "/describe/{exec_id}", describe),
 ]
