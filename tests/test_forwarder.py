@@ -126,6 +126,8 @@ def test_every_payload_field(tmp_path: Path, svc: DevService, harness: Callable[
     h.fw.sink(Event("supervisor_started", "info", "farm-t", detail={"instances": 4, "types": 1, "pid": 9}))
     assert svc.wait_for(lambda es: len(es) >= 3, 10)
     first, killed, started = svc.entries[:3]
+    local = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(1795861202.1234))
+    first["message"] = re.sub(rf" \(delayed \d+ s, at {local}\)\n", "\n", first["message"])  # an old event
     assert {k: v for k, v in first.items() if not k.startswith("_")} == {
         "seq": 1, "level": "error",
         "message": "ET-Dummy-3: crashed with exit code 1 after 0.4s; restarting in 2.0s (restart 3)\n"
@@ -677,3 +679,23 @@ def test_a_tls_failure_is_named_as_one_and_events_are_kept(tmp_path: Path, svc: 
     error = h.fw.backlog()["last_error"]
     assert "TLS error" in error and "not permitted" not in error, error
     assert h.fw.backlog()["count"] == 1 and not svc.entries
+
+
+@pytest.mark.parametrize("language", ["en", "zh"])
+def test_late_events_carry_their_original_time_in_the_message(tmp_path: Path, svc: DevService,
+                                                              harness: Callable[..., Harness],
+                                                              language: str) -> None:
+    h = harness(make_config(tmp_path, svc.url, language=language))
+    late = crash(1, time=time.time() - 12.4)  # spooled while the service was down
+    h.fw.sink(late)
+    h.fw.sink(info(2))
+    h.fw.start()
+    assert svc.wait_for(lambda es: len(es) == 2, 10)
+    entries = {e["id"]: e for e in svc.entries}
+    stamp = time.strftime("%H:%M:%S", time.localtime(late.time))
+    first, _, rest = entries[1]["message"].partition("\n")
+    note = f"（延迟 1\\d 秒, 发生于 {stamp}）" if language == "zh" else f" \\(delayed 1\\d s, at {stamp}\\)"
+    assert re.search(note + "$", first), first
+    assert rest.startswith("Traceback"), "the output tail stays after the first line"
+    assert "delayed" not in entries[2]["message"] and "延迟" not in entries[2]["message"]
+    assert TIME_RE.match(entries[1]["time"]) and entries[1]["time"] < entries[2]["time"]

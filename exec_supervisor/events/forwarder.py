@@ -50,7 +50,7 @@ from .delivery import DEAD_LETTER_FILE, DeadLetterFile, DeliveryStatus
 from .flusher import Flusher
 from .event import LEVEL_RANK, Event
 from .httpclient import Channel, TransportError
-from .payload import answer_detail, build_payload, encode_payload, retry_after
+from .payload import answer_detail, build_payload, encode_payload, mark_delayed, retry_after
 from .spool import Record, Spool, SpoolError
 
 __all__ = ["EventForwarder", "SpoolError", "LOG_PATH", "TOKEN_PATH", "DEAD_LETTER_FILE", "build_payload"]
@@ -324,7 +324,8 @@ class EventForwarder:
         if token:
             headers["Authorization"] = "Bearer " + token
         try:
-            response = self._http().post(self._url, record.data, headers, self._timeouts())
+            data = mark_delayed(record.data, time.time(), self._language)
+            response = self._http().post(self._url, data, headers, self._timeouts())
         except TransportError as exc:
             return self._failed(f"POST {self._url}: {exc}", exc.busy)
         status = response.status

@@ -17,7 +17,7 @@ from .event import LEVEL_RANK, Event
 from .httpclient import Answer
 
 __all__ = ["MAX_MESSAGE_CHARS", "iso_time", "build_payload", "encode_payload", "payload_time",
-           "answer_detail", "retry_after"]
+           "mark_delayed", "answer_detail", "retry_after"]
 
 # The service accepts any size; the sender caps what one event may carry.
 MAX_MESSAGE_CHARS = 8000
@@ -69,6 +69,41 @@ def payload_time(data: bytes, default: float) -> float:
         return datetime.fromisoformat(json.loads(data)["time"]).timestamp()
     except (ValueError, KeyError, TypeError):
         return default
+
+
+# An event sent this late says when it happened: the service's log page stamps arrival time.
+DELAY_NOTE_SECONDS = 5.0
+_TIME_KEY = b'"time":"'
+
+
+def mark_delayed(data: bytes, now: float, language: str = "en", after: float = DELAY_NOTE_SECONDS) -> bytes:
+    """`data` as is, or, when its event happened more than `after` seconds before `now`, with
+    " (delayed 12 s, at 10:15:02)" at the end of its message's first line (local time; the date too
+    when not today)."""
+    start = data.find(_TIME_KEY)
+    if start < 0:
+        return data
+    start += len(_TIME_KEY)
+    try:
+        when = datetime.fromisoformat(data[start:data.index(b'"', start)].decode()).timestamp()
+    except (ValueError, UnicodeDecodeError):
+        return data
+    delay = now - when
+    if delay <= after:
+        return data
+    try:
+        payload = json.loads(data)
+    except ValueError:
+        return data
+    message = payload.get("message")
+    if not isinstance(message, str):
+        return data
+    local = datetime.fromtimestamp(when)
+    stamp = local.strftime("%H:%M:%S" if local.date() == datetime.fromtimestamp(now).date() else "%Y-%m-%d %H:%M:%S")
+    note = f"（延迟 {delay:.0f} 秒, 发生于 {stamp}）" if language == "zh" else f" (delayed {delay:.0f} s, at {stamp})"
+    first, newline, rest = message.partition("\n")
+    payload["message"] = first + note + newline + rest
+    return encode_payload(payload)
 
 
 def answer_detail(response: Answer) -> str:
