@@ -14,15 +14,16 @@ from pathlib import Path
 from typing import Any, Callable
 
 from . import __version__, config as config_mod
+from . import upgrade as upgrade_mod
 from .events import Event, EventBus, locallog
-from .supervise import osproc
+from .supervise import handover, osproc
 from .supervise.engine import Engine
 
 log = logging.getLogger("exec_supervisor")
 
 MEMORY_RELEASE_SECONDS = 10.0
 # Read from a SignalFd by the event loop (see run); blocked in every thread of the daemon.
-HANDLED_SIGNALS = (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+HANDLED_SIGNALS = (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR2)
 
 
 class DaemonError(Exception):
@@ -56,6 +57,22 @@ class StateLock:
         os.write(fd, f"{os.getpid()}\n".encode())
         self._fd = fd
 
+    def adopt(self, fd: int) -> bool:
+        """Keep holding the lock through a descriptor inherited across an in-place upgrade."""
+        try:
+            same = os.path.samestat(os.fstat(fd), os.stat(self.path))
+        except OSError:
+            return False
+        if not same:
+            return False
+        os.set_inheritable(fd, False)
+        self._fd = fd
+        return True
+
+    @property
+    def fd(self) -> int | None:
+        return self._fd
+
     def release(self) -> None:
         if self._fd is not None:
             os.close(self._fd)
@@ -74,13 +91,24 @@ def _prepare_dirs(cfg: config_mod.FarmConfig) -> None:
 
 
 class Daemon:
-    def __init__(self, cfg: config_mod.FarmConfig, signals: osproc.SignalFd | None = None) -> None:
-        """signals: HANDLED_SIGNALS as a SignalFd; without one, asyncio's signal handlers (main thread only)."""
+    def __init__(self, cfg: config_mod.FarmConfig, signals: osproc.SignalFd | None = None,
+                 resume: dict[str, Any] | None = None, inherited: dict[str, int] | None = None) -> None:
+        """signals: HANDLED_SIGNALS as a SignalFd; without one, asyncio's signal handlers (main thread only).
+        resume: the state an upgrading image handed over; inherited: the descriptors it kept open."""
         self.config = cfg
+        self.resume = resume
+        self.inherited = dict(inherited or {})
+        self.lock: StateLock | None = None
+        self.ready = False  # the first reconcile is done
+        self.upgrading = False
+        self.carry: dict[str, Any] = {}
+        self.start_args: list[str] = []  # what `start` had besides CONFIG (-q, --tail): kept by an upgrade  # what extensions hand over to the next image (hand_over hooks)
+        self.upgrades = int((resume or {}).get("upgrades") or 0)
+        self.last_upgrade: dict[str, Any] | None = (resume or {}).get("last_upgrade")
         self._signals = signals
         self.bus = EventBus()
         self.engine = Engine(cfg, self.bus)
-        self.started_at = time.time()
+        self.started_at = float((resume or {}).get("started_at") or time.time())
         self._stop = asyncio.Event()
         self._sigints = 0
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -132,6 +160,45 @@ class Daemon:
     def _on_sighup(self) -> None:
         asyncio.get_running_loop().create_task(self.reload())
 
+    def _on_sigusr2(self) -> None:
+        async def upgrade() -> None:
+            try:
+                await self.upgrade()
+            except upgrade_mod.UpgradeRefused as exc:
+                log.error("exec-supervisor@%s: SIGUSR2: upgrade refused: %s", self.config.name, exc)
+
+        asyncio.get_running_loop().create_task(upgrade())
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()
+
+    @property
+    def reload_in_progress(self) -> bool:
+        return self._reload_lock.locked()
+
+    # ------------------------------------------------------------------ upgrade (upgrade.py)
+
+    @property
+    def reads_signalfd(self) -> bool:
+        return self._signals is not None
+
+    def pause_child_exits(self) -> None:
+        """Leave SIGCHLD pending (blocked, unread): an image that re-executes hands exits over."""
+        if self._loop is not None and self._signals is not None:
+            self._loop.remove_reader(self._signals.fd)
+
+    def resume_child_exits(self) -> None:
+        if self._loop is not None and self._signals is not None:
+            self._loop.add_reader(self._signals.fd, self._on_signals)
+
+    def handover_state(self, requested: float) -> dict[str, Any]:
+        return upgrade_mod.handover_state(self, requested)
+
+    async def upgrade(self, check_timeout: float = upgrade_mod.CHECK_TIMEOUT) -> dict[str, Any]:
+        """Check the installed code, then re-execute in place with the whole state (upgrade.py)."""
+        return await upgrade_mod.upgrade(self, check_timeout)
+
     def _on_signals(self) -> None:
         assert self._signals is not None
         for number in self._signals.read():
@@ -158,8 +225,11 @@ class Daemon:
             await self._hook("reloaded", result)
             return result
 
-    async def _hook(self, name: str, *args: Any) -> None:
+    async def hook(self, name: str, *args: Any) -> None:
         """Call an optional extension hook; a failing extension is logged, never fatal."""
+        await self._hook(name, *args)
+
+    async def _hook(self, name: str, *args: Any) -> None:
         for extension in self.extensions:
             method = getattr(extension, name, None)
             if method is None:
@@ -241,38 +311,40 @@ class Daemon:
                 signal.SIGTERM: lambda: self.request_stop("SIGTERM"),
                 signal.SIGINT: self._on_sigint,
                 signal.SIGHUP: self._on_sighup,
+                signal.SIGUSR2: self._on_sigusr2,
             }
             loop.add_reader(self._signals.fd, self._on_signals)
         else:
             loop.add_signal_handler(signal.SIGTERM, self.request_stop, "SIGTERM")
             loop.add_signal_handler(signal.SIGINT, self._on_sigint)
             loop.add_signal_handler(signal.SIGHUP, self._on_sighup)
+            loop.add_signal_handler(signal.SIGUSR2, self._on_sigusr2)
         self.engine.attach(loop, signal_handler=self._signals is None)
         self.bus.subscribe(locallog.event_sink)
         self._start_forwarder()
-        self.engine.load_overrides()
-        self._announce_overrides()
-        for warning in self.config.secret_env_warnings():
-            log.warning("%s", warning)
-        left = self.engine.stop_previous_leftovers()
-        if left:
-            log.warning("stopped %d executors left running by a previous exec-supervisor", left)
+        carried = self._take_over()
         await self._start_extensions()
         # Clients find this daemon through the entry even when its config file is broken.
         from .control import registry
 
         entry = registry.record(self.config.path, self.config.socket_path, state_dir=str(self.config.state_dir))
         try:
-            return await self._supervise(loop)
+            return await self._supervise(loop, carried)
         finally:
             registry.remove(entry)
 
-    async def _supervise(self, loop: asyncio.AbstractEventLoop) -> int:
+    async def _supervise(self, loop: asyncio.AbstractEventLoop, carried: int) -> int:
         done = await self.engine.reconcile()
         self._release_memory()  # start-up's garbage (config models, YAML, the first spawns)
         counts = self.engine.counts()
-        self.emit("supervisor_started", instances=counts["desired"], types=len(self.config.executors),
-                  pid=os.getpid(), version=__version__, started=done["started"])
+        if self.resume is not None:
+            upgrade_mod.announce(self, carried, done)
+        else:
+            self.emit("supervisor_started", instances=counts["desired"], types=len(self.config.executors),
+                      pid=os.getpid(), version=__version__, started=done["started"])
+            if carried:
+                self.emit("adopted", instances=carried)
+        self.ready = True
         if not self._stop.is_set():
             await self._hook("started")  # sd_notify READY=1: every instance has been spawned
         await self._stop.wait()
@@ -307,6 +379,24 @@ class Daemon:
                         "runs them again): %s", len(self.engine.held), "" if len(self.engine.held) == 1 else "s",
                         ", ".join(sorted(self.engine.held)[:8]) + (" ..." if len(self.engine.held) > 8 else ""))
 
+    def _take_over(self) -> int:
+        """Learn of the instances already running: handed over by an upgrade, or left by a dead
+        daemon (adopted, or stopped with supervisor.on_restart: stop). Returns how many were taken."""
+        engine = self.engine
+        if self.resume is not None:
+            return upgrade_mod.resume_engine(self)
+        engine.load_overrides()
+        self._announce_overrides()
+        for warning in self.config.secret_env_warnings():
+            log.warning("%s", warning)
+        adopted = handover.adopt_previous(engine) if self.config.on_restart == "adopt" else 0
+        if adopted:
+            log.warning("adopted %d executors left running by a previous exec-supervisor", adopted)
+        left = engine.stop_previous_leftovers()
+        if left:
+            log.warning("stopped %d executors left running by a previous exec-supervisor", left)
+        return adopted
+
     async def _start_extensions(self) -> None:
         """Start each extension; if one cannot start, undo the others and the forwarder, then report."""
         started: list[Any] = []
@@ -328,6 +418,9 @@ class Daemon:
             if isinstance(code, int):  # an extension's own operator-facing error (e.g. the control socket)
                 raise DaemonError(str(exc), code) from None
             raise
+
+    def start_forwarder(self) -> None:
+        self._start_forwarder()
 
     def _start_forwarder(self) -> None:
         if not self.config.events.forward:
@@ -357,15 +450,34 @@ def default_extensions() -> list[Callable[[], Any]]:
     return [ControlServer, SdNotify]
 
 
-def run(config_path: str, quiet: bool = False, extensions: list[Callable[[], Any]] | None = None) -> int:
+def run(config_path: str, quiet: bool = False, extensions: list[Callable[[], Any]] | None = None,
+        resume: str | None = None, fds: str | None = None, start_args: list[str] | None = None) -> int:
     """Load, lock, and supervise until stopped. Raises ConfigError / DaemonError for the CLI to print.
 
     The default extensions are always installed; `extensions` adds more (factories, called on the loop).
+    resume/fds: the handover file and kept descriptors of an in-place upgrade (see upgrade.py);
+    start_args: the options of `start` an upgrade re-executes the daemon with (-q, --tail).
     """
-    cfg = config_mod.load(config_path)
+    inherited = upgrade_mod.parse_fds(fds)
+    try:
+        cfg = config_mod.load(config_path)
+    except config_mod.ConfigError:
+        if resume is not None:
+            log.error("upgrade: the new image cannot load %s; the executors keep running and the next "
+                      "`exec-supervisor start` adopts them", config_path)
+        raise
     _prepare_dirs(cfg)
     lock = StateLock(cfg.state_dir)
-    lock.acquire()
+    if "lock" not in inherited or not lock.adopt(inherited.pop("lock")):
+        lock.acquire()
+    state: dict[str, Any] | None = None
+    if resume is not None:
+        try:
+            state = upgrade_mod.read_state(resume)
+        except handover.StateError as exc:
+            log.error("upgrade: %s; adopting the live executors instead", exc)
+            state = {"fallback": str(exc), "instances": []}
+        Path(resume).unlink(missing_ok=True)
     locallog.setup(quiet)
     osproc.set_child_subreaper()
     osproc.raise_nofile_limit()
@@ -377,7 +489,9 @@ def run(config_path: str, quiet: bool = False, extensions: list[Callable[[], Any
         signals = None
     try:
         async def main() -> int:
-            daemon = Daemon(cfg, signals)
+            daemon = Daemon(cfg, signals, resume=state, inherited=inherited)
+            daemon.start_args = list(start_args or ())
+            daemon.lock = lock
             daemon.extensions = [make() for make in [*default_extensions(), *(extensions or [])]]
             return await daemon.run()
 
@@ -387,7 +501,7 @@ def run(config_path: str, quiet: bool = False, extensions: list[Callable[[], Any
             try:
                 code = _on_loop_thread(lambda: asyncio.run(main()))
             finally:
-                signals.close(ignore=(signal.SIGINT, signal.SIGTERM, signal.SIGHUP))
+                signals.close(ignore=(signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGUSR2))
         # The farm is down; a late Ctrl-C must not turn a clean exit into a traceback.
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)

@@ -143,6 +143,16 @@ class SdNotify:
         status = self._last_status if result.get("ok") else f"{self._last_status} (last reload refused: bad config)"
         self.notifier.send("READY=1", "STATUS=" + status)
 
+    async def upgrading(self, daemon: Any) -> None:
+        """Before an in-place re-exec: the new image (same pid, same NOTIFY_SOCKET) sends READY=1."""
+        if self.notifier.enabled:
+            self.notifier.send("RELOADING=1", f"MONOTONIC_USEC={monotonic_usec()}",
+                               "STATUS=upgrading in place (executors keep running)")
+
+    async def upgrade_failed(self, daemon: Any) -> None:
+        if self.notifier.enabled:
+            self.notifier.send("READY=1", "STATUS=" + self._status_text() + " (last upgrade failed)")
+
     async def stopping(self, daemon: Any) -> None:
         if not self.notifier.enabled:
             return
@@ -227,8 +237,12 @@ def render_unit(
     config_path: str = DEFAULT_CONFIG,
     stop_timeout: float = DEFAULT_STOP_TIMEOUT,
     read_write_paths: list[str] | None = None,
+    keep_executors: bool = False,
 ) -> str:
-    """The unit text. Defaults give the shipped configs/exec-supervisor.service."""
+    """The unit text. Defaults give the shipped configs/exec-supervisor.service.
+
+    keep_executors: KillMode=process, so executors outlive a crash of the daemon and the restarted
+    daemon adopts them; the price is that systemd no longer cleans up after the farm (see below)."""
     command = command or [DEFAULT_EXECUTABLE]
     exec_start = " ".join(_quote(a) for a in [*command, "start", config_path])
     timeout_stop = _seconds(max(stop_timeout, 0) + STOP_MARGIN_SECONDS)
@@ -239,12 +253,29 @@ def render_unit(
             "# The config's own state_dir / log_dir (ProtectSystem= would make them read-only under /etc, /usr):\n"
             f"ReadWritePaths={words}\n"
         )
+    if keep_executors:
+        kill_mode = (
+            "# SIGTERM to the daemon only, which stops its instances itself. KillMode=process: when the daemon\n"
+            "# crashes, its executors keep running and the daemon systemd restarts adopts them (on_restart:\n"
+            "# adopt). The price: systemd kills nothing but the daemon, ever. An executor still alive after\n"
+            "# TimeoutStopSec (or left by a daemon that could not stop it) stays running outside any daemon's\n"
+            "# care until the next start adopts or stops it, and systemd reports it as a left-over process.\n"
+            "KillMode=process\n")
+    else:
+        kill_mode = (
+            "# SIGTERM to the daemon only: it stops its instances in parallel (stop_signal, then SIGKILL after\n"
+            "# stop_timeout) and exits. systemd SIGKILLs whatever is left after TimeoutStopSec. Also when the\n"
+            "# daemon crashes: its executors die with it (no adoption); `exec-supervisor upgrade` keeps them\n"
+            "# across an upgrade. `systemd-unit --keep-executors` writes KillMode=process instead.\n"
+            "KillMode=mixed\n")
     return f"""\
 # exec-supervisor: runs the executor farm of {config_path} under systemd.
 # Install: copy to /etc/systemd/system/{UNIT_NAME}, then:
 #   systemctl daemon-reload && systemctl enable --now exec-supervisor
 # Operate: exec-supervisor status|scale|restart|logs ... -c {config_path}
 #          systemctl reload exec-supervisor   (re-reads the config, restarts only what changed)
+# Upgrade: pip install -U exec-supervisor && exec-supervisor upgrade -c {config_path}
+#          (re-executes the daemon in place: same pid, no executor restarted, systemd sees a reload)
 
 [Unit]
 Description=exec-supervisor: WeFastAPI executor farm ({config_path})
@@ -256,10 +287,7 @@ Type=notify
 NotifyAccess=main
 ExecStart={exec_start}
 ExecReload=/bin/kill -HUP $MAINPID
-# SIGTERM to the daemon only: it stops its instances in parallel (stop_signal, then SIGKILL after
-# stop_timeout) and exits. systemd SIGKILLs whatever is left after TimeoutStopSec.
-KillMode=mixed
-KillSignal=SIGTERM
+{kill_mode}KillSignal=SIGTERM
 TimeoutStopSec={timeout_stop}
 # Starting may first stop executors a crashed daemon left behind (up to stop_timeout).
 TimeoutStartSec={_seconds(max(stop_timeout, 0) + 60)}
@@ -304,7 +332,7 @@ WantedBy=multi-user.target
 """
 
 
-def unit_for_config(cfg: Any) -> str:
+def unit_for_config(cfg: Any, keep_executors: bool = False) -> str:
     """The unit filled in for a loaded FarmConfig (interpreter path, config path, timeouts)."""
     stop_timeout = max((e.stop_timeout for e in cfg.executors.values()), default=DEFAULT_STOP_TIMEOUT)
     extra = []
@@ -314,4 +342,4 @@ def unit_for_config(cfg: Any) -> str:
     socket_dir = str(Path(cfg.socket_path).parent)
     if socket_dir not in extra and socket_dir != STATE_DIRECTORY:
         extra.append(socket_dir)
-    return render_unit(executable_command(), str(cfg.path), stop_timeout, extra)
+    return render_unit(executable_command(), str(cfg.path), stop_timeout, extra, keep_executors)

@@ -314,7 +314,8 @@ def test_second_daemon_on_same_state_dir_is_refused(farm: Farm) -> None:
 
 
 def test_instances_left_by_a_killed_daemon_are_replaced_not_duplicated(farm: Farm) -> None:
-    farm.write({"S": {**farm.program("sleep"), "count": 2}})
+    # supervisor.on_restart: stop (adoption, the default, is tested in test_adopt.py)
+    farm.write({"S": {**farm.program("sleep"), "count": 2}}, supervisor={"on_restart": "stop"})
     farm.start(wait_instances=2)
     old = farm.instances()
     wait_until(lambda: (farm.state_dir / "instances.json").exists() and all(
@@ -337,10 +338,14 @@ def test_state_file_records_pid_and_start_time(farm: Farm) -> None:
     state = farm.state_dir / "instances.json"
     pids = farm.instances()
     data = wait_until(lambda: state.exists() and (d := json.loads(state.read_text()))["instances"].keys() == pids.keys() and d)
+    boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
     for exec_id, pid in pids.items():
         record = data["instances"][exec_id]
-        assert record["pid"] == pid
-        assert abs(record["create_time"] - psutil.Process(pid).create_time()) < 0.05
+        assert record["pid"] == pid and record["boot_id"] == boot
+        stat = Path(f"/proc/{pid}/stat").read_bytes()
+        assert record["start_ticks"] == int(stat[stat.rfind(b")") + 2:].split()[19])
+        ticks = os.sysconf("SC_CLK_TCK")
+        assert abs(psutil.boot_time() + record["start_ticks"] / ticks - psutil.Process(pid).create_time()) < 0.05
     assert farm.stop() == 0
 
 

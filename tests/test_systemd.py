@@ -162,3 +162,35 @@ def test_notifier_without_notify_socket_is_silent() -> None:
     assert systemd.watchdog_interval({"WATCHDOG_USEC": "2000000"}) == 1.0
     assert systemd.watchdog_interval({"WATCHDOG_USEC": "2000000", "WATCHDOG_PID": "1"}) is None
     assert systemd.watchdog_interval({"WATCHDOG_USEC": "nope"}) is None
+
+
+def test_upgrade_under_systemd_is_a_reload_of_the_same_main_pid(farm: Farm, notify: NotifyListener) -> None:
+    farm.write({"A": {**farm.program("sleep"), "count": 2}})
+    farm.start()
+    ready = notify.wait_for("READY", "1")
+    before = farm.instances()
+    result = subprocess.run([sys.executable, "-m", "exec_supervisor.cli", "upgrade", "-c", str(farm.config_path)],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    reloading = notify.wait_for("RELOADING", "1", after=ready)
+    assert "upgrading in place" in notify.messages[reloading]["STATUS"]
+    again = notify.wait_for("READY", "1", after=reloading)
+    assert notify.messages[again]["MAINPID"] == str(farm.daemon.pid)
+    assert not notify.having("STOPPING") and farm.instances() == before
+    first = len(notify.having("WATCHDOG"))  # the new image keeps the watchdog fed
+    wait_until(lambda: len(notify.having("WATCHDOG")) >= first + 3, timeout=10, what="watchdog pings")
+    assert farm.stop() == 0
+
+
+def test_systemd_unit_keep_executors_is_killmode_process_with_its_trade_off(farm: Farm, tmp_path: Path) -> None:
+    farm.write({"A": {**farm.program("sleep"), "count": 1}})
+    result = subprocess.run([sys.executable, "-m", "exec_supervisor.cli", "systemd-unit", "--keep-executors",
+                             str(farm.config_path)], capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0, result.stderr
+    assert re.search(r"^KillMode=process$", result.stdout, re.M) and "KillMode=mixed" not in result.stdout
+    assert "systemd kills nothing but the daemon" in result.stdout
+    if SYSTEMD_ANALYZE:
+        path = tmp_path / "exec-supervisor.service"
+        path.write_text(result.stdout)
+        verified = _verify(path)
+        assert verified.returncode == 0 and not verified.stderr.strip(), verified.stderr

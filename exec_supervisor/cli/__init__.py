@@ -4,6 +4,7 @@
                     command), exit codes, finding the daemon (registry first), requests
     daemon_cmds.py  start CONFIG [--tail], check, dev-service, systemd-unit
     farm_cmds.py    start/stop/restart TARGET, scale, reload, shutdown
+    upgrade_cmds.py upgrade (in place), and the check the daemon runs before one
     view_cmds.py    status (--state, --watch, exit code 4)
     log_cmds.py     logs, events
     render.py       status table and describe sheet; style.py colours; progress.py live counts
@@ -16,7 +17,7 @@ Exit codes: 0 done, 1 the daemon could not do it, 2 bad usage or bad config, 3 n
 
 from __future__ import annotations
 
-from . import daemon_cmds, farm_cmds, log_cmds, view_cmds  # noqa: F401  (each adds its commands)
+from . import daemon_cmds, farm_cmds, log_cmds, upgrade_cmds, view_cmds  # noqa: F401  (each adds its commands)
 from .app import main
 
 __all__ = ["main"]

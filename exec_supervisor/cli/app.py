@@ -39,7 +39,7 @@ def load_or_exit(path: str, environ: dict[str, str] | None = None) -> Any:
 
 
 COMMAND_ORDER = ("start", "status", "describe", "logs", "scale", "stop", "restart", "signal", "reload", "events",
-                 "shutdown", "check", "systemd-unit", "dev-service")
+                 "upgrade", "shutdown", "check", "systemd-unit", "dev-service")
 
 
 class Group(click.Group):
@@ -63,7 +63,7 @@ def main(ctx: click.Context, config_path: str | None, socket_path: str | None) -
     \b
     Run a farm:      exec-supervisor start CONFIG [--tail]
     Operate it:      status, describe, logs, scale, start|stop|restart|signal TARGET,
-                     reload, events, shutdown
+                     reload, events, upgrade, shutdown
                      (find the daemon with -c CONFIG, $EXEC_SUPERVISOR_CONFIG or --socket PATH,
                      before or after the command)
     Exit codes:      0 done, 1 the daemon could not do it, 2 bad usage or config,

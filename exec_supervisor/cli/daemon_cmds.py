@@ -38,6 +38,8 @@ class StartBanner:
         pass
 
     async def started(self, daemon: Any) -> None:
+        if daemon.resume is not None:
+            return  # an in-place upgrade: the operator saw this when the daemon started
         cfg = daemon.config
         # The commands below find this daemon by its config: spell it the way the operator will type it.
         config = self.config_arg
@@ -71,8 +73,13 @@ class StartBanner:
 @control_options
 @click.option("--no-wait", is_flag=True, help="TARGET: return without waiting for running.")
 @click.option("--timeout", type=click.FloatRange(0, 3600), default=None, help="TARGET: seconds to wait.")
+# An in-place upgrade re-executes the daemon with these (see upgrade.py); not for operators.
+@click.option("--resume", "resume", default=None, hidden=True)
+@click.option("--fds", "fds", default=None, hidden=True)
+@click.option("--dry-run", "dry_run", is_flag=True, hidden=True)
 def start(what: str | None, quiet: bool, tail: bool, config_path: str | None, socket_path: str | None,
-          no_wait: bool, timeout: float | None) -> None:
+          no_wait: bool, timeout: float | None, resume: str | None = None, fds: str | None = None,
+          dry_run: bool = False) -> None:
     """Run the farm of CONFIG in the foreground, or start TARGET in a running farm.
 
     \b
@@ -88,6 +95,10 @@ def start(what: str | None, quiet: bool, tail: bool, config_path: str | None, so
         return
     if what is None:
         what, _ = resolve_target(config_path, None)
+    if resume is not None and dry_run:
+        from .upgrade_cmds import dry_run as upgrade_dry_run
+
+        upgrade_dry_run(what, resume)
     from .. import config as config_mod, daemon
 
     extensions: list[Any] = [lambda: StartBanner(what)]
@@ -96,7 +107,9 @@ def start(what: str | None, quiet: bool, tail: bool, config_path: str | None, so
 
         extensions.append(TailExtension)
     try:
-        code = daemon.run(what, quiet=quiet, extensions=extensions)
+        # An upgrade re-executes the daemon with the same options (and --resume).
+        again = [*(["-q"] if quiet else []), *(["--tail"] if tail else [])]
+        code = daemon.run(what, quiet=quiet, extensions=extensions, resume=resume, fds=fds, start_args=again)
     except config_mod.ConfigError as exc:
         for problem in exc.problems:
             click.echo(str(problem), err=True)
@@ -172,14 +185,17 @@ def dev_service(host: str, port: int, token: str | None, username: str | None, p
 
 @main.command("systemd-unit")
 @click.argument("config", type=click.Path(dir_okay=False))
-def systemd_unit(config: str) -> None:
+@click.option("--keep-executors", is_flag=True,
+              help="KillMode=process: executors outlive a daemon crash and are adopted by the restarted "
+                   "daemon; systemd then never kills them itself (see the unit's comment).")
+def systemd_unit(config: str, keep_executors: bool) -> None:
     """Print a systemd unit for CONFIG (this installation's path, the config's timeouts)."""
     from .. import systemd
 
     # Read the config the way the service will: with systemd's StateDirectory / LogsDirectory.
     environ = {**os.environ, "STATE_DIRECTORY": systemd.STATE_DIRECTORY, "LOGS_DIRECTORY": systemd.LOGS_DIRECTORY}
     cfg = load_or_exit(config, environ)
-    click.echo(systemd.unit_for_config(cfg), nl=False)
+    click.echo(systemd.unit_for_config(cfg, keep_executors), nl=False)
     # ProtectSystem= makes /etc and /usr read-only: folders the config names there must exist beforehand.
     missing = [str(p) for p in (cfg.state_dir, cfg.log_dir) if str(p) not in (systemd.STATE_DIRECTORY,
                systemd.LOGS_DIRECTORY) and not p.exists()]

@@ -271,6 +271,7 @@ def _load(path: Any, display: str, environ: Mapping[str, str]) -> FarmConfig:
         executors=executors,
         programs=programs,
         max_instances=supervisor.max_instances or default_max_instances(),
+        on_restart=supervisor.on_restart,
     )
     # What only a whole instance shows: its command line and environment as the kernel will get them.
     check_instances(collector, farm, raw_executors, defaults, environ, explicit=supervisor.max_instances is not None)

@@ -217,6 +217,8 @@ class SupervisorConfig(Strict):
     log_dir: PathText | None = None
     # None: sized for the machine (checks.default_max_instances).
     max_instances: Annotated[Int, Field(ge=1)] | None = None
+    # What `start` does with executors a dead daemon left running: take them over, or stop them.
+    on_restart: Literal["adopt", "stop"] = "adopt"
 
     @field_validator("name")
     @classmethod
@@ -301,6 +303,7 @@ class FarmConfig:
     programs: Mapping[str, str]
     # Farm-wide bound on instances (configured and scaled): supervisor.max_instances or the machine's default.
     max_instances: int = 100_000
+    on_restart: str = "adopt"  # supervisor.on_restart
 
     @property
     def socket_path(self) -> Path:

@@ -8,6 +8,7 @@
       views.py       GET /v1, /v1/health, /v1/status (read-only)
       streams.py     GET /v1/events, /v1/logs/<exec id> (optionally followed)
       commands.py    POST /v1/scale, start, stop, restart, reload, shutdown
+      upgrade.py     POST /v1/upgrade
     procstats.py   CPU % and RSS per pid (psutil), for status
     logtail.py     an instance log's tail, and following it across rotations
     client.py      the CLI side: finding the socket, HTTP over it, exit codes

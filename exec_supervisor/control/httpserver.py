@@ -18,6 +18,8 @@ import asyncio
 import json
 import logging
 import re
+import socket
+import sys
 from typing import Any, Awaitable, Callable
 from urllib.parse import parse_qsl, unquote, urlsplit
 
@@ -34,6 +36,11 @@ CLOSE_GRACE = 2.0
 REASONS = {200: "OK", 202: "Accepted", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed",
            409: "Conflict", 413: "Content Too Large", 422: "Unprocessable Content", 431: "Request Header Fields "
            "Too Large", 500: "Internal Server Error", 503: "Service Unavailable"}
+
+
+# Python 3.13 removes a Unix server's socket file when the server closes; an upgrade closes
+# the server while the socket (kept open for the next image) must stay where clients find it.
+_KEEP_SOCKET_FILE = {"cleanup_socket": False} if sys.version_info >= (3, 13) else {}
 
 
 class HttpError(Exception):
@@ -200,10 +207,37 @@ class HttpServer:
         self._server: asyncio.AbstractServer | None = None
         self._connections: set[asyncio.Task[None]] = set()
         self._idle: set[asyncio.Task[None]] = set()  # waiting for a request: safe to cancel at once
+        self._fresh: set[asyncio.Task[None]] = set()  # accepted, no request answered yet
         self._closing = False
 
     async def start_unix(self, path: str) -> None:
-        self._server = await asyncio.start_unix_server(self._serve, path, limit=READ_CHUNK)
+        self._server = await asyncio.start_unix_server(self._serve, path, limit=READ_CHUNK, **_KEEP_SOCKET_FILE)
+
+    async def start_unix_socket(self, sock: socket.socket) -> None:
+        """Serve a socket that is already listening (one handed over by an upgrading image)."""
+        self._server = await asyncio.start_unix_server(self._serve, sock=sock, limit=READ_CHUNK,
+                                                       **_KEEP_SOCKET_FILE)
+
+    def listening_fd(self) -> int | None:
+        sockets = self._server.sockets if self._server is not None else ()
+        return sockets[0].fileno() if sockets else None
+
+    async def drain(self, grace: float) -> None:
+        """Stop accepting (the caller keeps the listening socket open: new clients wait in its
+        backlog), let every request already accepted finish, then close every connection.
+        A connection accepted but not yet asked anything gets `grace` to send its request."""
+        self._closing = True
+        if self._server is not None:
+            self._server.close()
+            self._server = None
+        for task in self._idle - self._fresh:
+            task.cancel()
+        if self._connections:
+            _, pending = await asyncio.wait(set(self._connections), timeout=grace)
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.wait(pending, timeout=CLOSE_GRACE)
 
     async def close(self) -> None:
         self._closing = True
@@ -224,6 +258,7 @@ class HttpServer:
         task = asyncio.current_task()
         assert task is not None
         self._connections.add(task)
+        self._fresh.add(task)
         connection = _Connection(reader, writer)
         try:
             if len(self._connections) > MAX_CONNECTIONS:
@@ -241,10 +276,12 @@ class HttpServer:
         finally:
             self._connections.discard(task)
             self._idle.discard(task)
+            self._fresh.discard(task)
             writer.close()
 
     async def _serve_requests(self, connection: _Connection, task: asyncio.Task[None]) -> None:
-        while not self._closing:
+        # Draining (drain()) still answers a connection that was accepted before it began.
+        while not self._closing or task in self._fresh:
             self._idle.add(task)
             try:
                 event = await connection.next_event(IDLE_TIMEOUT)
@@ -258,6 +295,7 @@ class HttpServer:
             response = await self._dispatch(request)
             if isinstance(response, Response):
                 await self._send(connection, request, response)
+            self._fresh.discard(task)
             # Drop an unread body (bounded) so the connection can take the next request.
             while connection.h11.their_state is h11.SEND_BODY:
                 try:

@@ -42,6 +42,8 @@ def describe_exit(last_exit: dict[str, Any] | None, now: float | None = None) ->
         return "-"
     if last_exit.get("error"):
         what = f"spawn failed: {last_exit['error']}"
+    elif last_exit.get("status_unknown"):
+        what = "status unknown (adopted)"
     elif last_exit.get("signal"):
         what = str(last_exit["signal"])
     else:

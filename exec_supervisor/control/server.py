@@ -37,6 +37,8 @@ log = logging.getLogger("exec_supervisor")
 
 MAX_BODY = 64 * 1024
 EVENT_RING = 1000
+HANDOVER_GRACE = 2.0  # for a request accepted just before an upgrade to arrive and be answered
+UNTRACKED = ("/upgrade", "/shutdown")  # POST commands an upgrade need not wait for
 SOCKET_PATH_MAX = 107  # sun_path is 108 bytes with the terminating NUL
 
 
@@ -69,15 +71,34 @@ class ControlServer:
     def router(self) -> Router:
         router = Router()
         for route in self.routes:
-            router.add(route.method, API + route.path, functools.partial(route.handler, self))
+            handler: Any = functools.partial(route.handler, self)
+            if route.method == "POST" and route.path not in UNTRACKED:
+                handler = functools.partial(self._tracked, route.path.strip("/"), handler)
+            router.add(route.method, API + route.path, handler)
         return router
+
+    async def _tracked(self, name: str, handler: Any, request: Any) -> Any:
+        # An upgrade waits for no command: while one runs (a `start --wait`, a rolling restart)
+        # it is refused, rather than cut that command's connection.
+        with self.engine.operation(name):
+            return await handler(request)
 
     async def start(self, daemon: Any) -> None:
         self.daemon = daemon
         self._unsubscribe = daemon.bus.subscribe(self._on_event)
+        carried = (daemon.resume or {}).get("events_ring")
+        if isinstance(carried, list):  # the recent events of the image before an upgrade
+            for item in carried[-EVENT_RING:]:
+                try:
+                    self.ring.append(Event(**item))
+                except TypeError:
+                    continue
         server = HttpServer(self.router(), max_body=MAX_BODY)
         path = Path(daemon.config.socket_path)
         self.path = path
+        inherited = daemon.inherited.pop("control", None)
+        if inherited is not None and await self._serve_inherited(server, path, inherited):
+            return
         self._prepare_path(path)
         mode = daemon.config.control.socket_mode
         gid = self._group_id(daemon.config.control.group)
@@ -105,6 +126,55 @@ class ControlServer:
                 f"control socket {path}: cannot set group {daemon.config.control.group!r} / mode {mode:04o}: "
                 f"{exc.strerror or exc}"
             ) from None
+
+    async def _serve_inherited(self, server: HttpServer, path: Path, fd: int) -> bool:
+        """Serve the listening socket an upgrading image kept open, if it still is the one at path."""
+        try:
+            sock = socket.socket(fileno=fd)
+        except OSError as exc:
+            log.error("upgrade: the control socket handed over (fd %d) is unusable (%s); listening anew", fd, exc)
+            return False
+        try:
+            sock.set_inheritable(False)
+            if sock.family != socket.AF_UNIX or sock.getsockname() != str(path) or not path.is_socket():
+                raise OSError(f"it is not {path} any more")
+            await server.start_unix_socket(sock)
+        except OSError as exc:
+            log.error("upgrade: the control socket handed over cannot be served (%s); listening anew", exc)
+            sock.close()
+            return False
+        self.server = server
+        self._socket_ino = os.stat(path).st_ino
+        return True
+
+    async def hand_over(self, daemon: Any) -> dict[str, int]:
+        """Before an in-place upgrade: stop accepting, finish what was asked, end the streams, and
+        give the listening socket to the next image (a copy of its descriptor: connections that
+        arrive meanwhile wait in its backlog, so no client ever finds no daemon)."""
+        if self.server is None:
+            return {}
+        listening = self.server.listening_fd()
+        kept = os.dup(listening) if listening is not None else None
+        self.closing.set()  # follow streams end (their clients see a clean end of stream)
+        for queue in list(self.followers):
+            try:
+                queue.put_nowait(None)
+            except asyncio.QueueFull:
+                pass
+        await self.server.drain(HANDOVER_GRACE)
+        self.server = None
+        daemon.carry["events_ring"] = [event.to_dict() for event in self.ring]
+        return {} if kept is None else {"control": kept}
+
+    async def upgrade_failed(self, daemon: Any) -> None:
+        """The re-exec failed: serve the kept socket again, in this image."""
+        fd = daemon.inherited.pop("control", None)
+        if fd is None or self.path is None:
+            return
+        self.closing = asyncio.Event()
+        server = HttpServer(self.router(), max_body=MAX_BODY)
+        if not await self._serve_inherited(server, self.path, fd):
+            log.error("control socket lost after a failed upgrade; restart the daemon to get it back")
 
     async def stopping(self, daemon: Any) -> None:
         self._stopping = True
@@ -208,9 +278,11 @@ class ControlServer:
         return "stopping" if self.is_stopping else "running"
 
     def check_running(self) -> None:
-        """409 while the daemon stops: commands that change the farm are refused then."""
+        """409 while the daemon stops or upgrades: commands that change the farm are refused then."""
         if self.is_stopping:
             raise ApiError(409, "the daemon is stopping; nothing can be changed now")
+        if self.daemon.upgrading:
+            raise ApiError(409, "the daemon is upgrading in place; try again in a few seconds")
 
     def backlog(self) -> dict[str, Any] | None:
         forwarder = self.daemon.forwarder

@@ -28,6 +28,8 @@ def _count(number: int, noun: str) -> str:
 def _how_ended(e: "Event", zh: bool) -> str:
     if e.detail.get("error"):  # it never ran: the reason it could not start
         return str(e.detail["error"])
+    if e.detail.get("status_unknown"):  # adopted: not our child, so nobody can read its exit status
+        return "退出状态未知 (监督进程重启后接管的进程)" if zh else "exit status unknown (adopted after a supervisor restart)"
     if e.signal:
         return f"被信号 {e.signal} 终止" if zh else f"killed by {e.signal}"
     return f"退出码 {e.exit_code}" if zh else f"exit code {e.exit_code}"
@@ -72,6 +74,8 @@ def _en(e: "Event") -> str:
         return f"running (pid {e.pid})"
     if kind == "crashed" and d.get("error"):
         return f"could not start: {d['error']}; {_plan(e, False)}"
+    if kind == "crashed" and d.get("status_unknown"):
+        return f"exited; {_how_ended(e, False)} after {_seconds(e.runtime)}; {_plan(e, False)}"
     if kind == "crashed":
         verb = "crashed with" if not e.signal else "crashed:"
         return _with_output(
@@ -109,6 +113,17 @@ def _supervisor_en(e: "Event") -> str:
         )
     if kind == "reload_failed":
         return f"reload refused, config unchanged: {d.get('errors', '')}"
+    if kind == "upgraded":
+        fallback = f"; its state could not be read ({d['fallback']}), live executors were adopted" \
+            if d.get("fallback") else ""
+        return (f"upgraded in place from {d.get('from')} to {d.get('to')} in {_seconds(d.get('seconds'))} "
+                f"(pid {d.get('pid')} unchanged): {_count(d.get('instances', 0), 'instance')} carried over, "
+                f"{d.get('restarted', 0)} restarted for a changed config{fallback}")
+    if kind == "upgrade_failed":
+        return f"upgrade failed, still running the old code: {d.get('error', '')}"
+    if kind == "adopted":
+        return (f"adopted {_count(d.get('instances', 0), 'executor')} left running by a previous "
+                "exec-supervisor (none restarted)")
     if kind == "scaled":
         return f"scaled {d.get('type')} from {d.get('old')} to {d.get('new')} instances"
     if kind == "events_dropped":
@@ -143,6 +158,8 @@ def _zh(e: "Event") -> str:
         return f"已启动 运行中 (pid {e.pid})"
     if kind == "crashed" and d.get("error"):
         return f"无法启动: {d['error']}; {_plan(e, True)}"
+    if kind == "crashed" and d.get("status_unknown"):
+        return f"已退出: {_how_ended(e, True)}, 运行了 {_seconds(e.runtime)}; {_plan(e, True)}"
     if kind == "crashed":
         return _with_output(
             f"异常退出: {_how_ended(e, True)}, 运行了 {_seconds(e.runtime)}; {_plan(e, True)}", e
@@ -172,6 +189,15 @@ def _zh(e: "Event") -> str:
         )
     if kind == "reload_failed":
         return f"配置无效, 未作任何更改: {d.get('errors', '')}"
+    if kind == "upgraded":
+        fallback = f"; 状态无法读取 ({d['fallback']}), 已接管存活的执行端" if d.get("fallback") else ""
+        return (f"已原地升级 {d.get('from')} -> {d.get('to')}, 用时 {_seconds(d.get('seconds'))} "
+                f"(pid {d.get('pid')} 不变): 保留 {d.get('instances', 0)} 个实例, "
+                f"因配置变更重启 {d.get('restarted', 0)} 个{fallback}")
+    if kind == "upgrade_failed":
+        return f"升级失败, 仍运行旧版本: {d.get('error', '')}"
+    if kind == "adopted":
+        return f"已接管上一个监督进程留下的 {d.get('instances', 0)} 个执行端 (未重启)"
     if kind == "scaled":
         return f"{d.get('type')} 实例数 {d.get('old')} -> {d.get('new')}"
     if kind == "events_dropped":

@@ -9,15 +9,16 @@ orphans adopted as subreaper are reaped too), rotates log files and records runt
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
 import signal
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Iterator
 
-from . import osproc
+from . import handover, osproc, procid
 from ..config import ExecutorType, FarmConfig, InstanceSpec
 from ..events import Event, EventBus
 from .instance import AT_REST, Instance, State
@@ -69,6 +70,10 @@ class Engine:
         self._handling_exits = False
         self._reconcile_lock = asyncio.Lock()
         self._state_listeners: list[Any] = []
+        self._carried: set[int] = set()
+        self._pidfds: dict[int, int] = {}  # adopted pid -> its pidfd, read by the loop
+        self._helpers: dict[int, asyncio.Future[int]] = {}  # children that are not instances (upgrade check)
+        self.operations: dict[str, int] = {}  # long operator commands in progress (an upgrade waits for none)
 
     @property
     def config(self) -> FarmConfig:
@@ -96,8 +101,11 @@ class Engine:
                 env[key] = os.fsencode(os.environ[name])
         return env
 
-    def track(self, instance: Instance, pid: int) -> None:
+    def track(self, instance: Instance, pid: int, carried: bool = False) -> None:
+        """carried: a child handed over by an in-place upgrade (the main thread lists it)."""
         self._by_pid[pid] = instance
+        if carried:
+            self._carried.add(pid)
 
     def orphans_of(self, exec_id: str) -> set[int]:
         """Our children that are not main processes but carry exec_id (re-parented leftovers)."""
@@ -105,7 +113,7 @@ class Engine:
         if now - self._orphan_scan_at > ORPHAN_SCAN_TTL:
             self._orphan_scan_at = now
             by_exec: dict[str, set[int]] = {}
-            for pid in osproc.adopted_children(self._by_pid.keys()):
+            for pid in osproc.adopted_children(self._by_pid.keys(), len(self._carried)):
                 owner = self._orphan_exec_ids.get(pid)
                 if owner is None:
                     # Only a found id is kept: a process caught in the middle of an exec shows an
@@ -284,6 +292,57 @@ class Engine:
         if self._sigchld_handler:
             loop.remove_signal_handler(signal.SIGCHLD)
             self._sigchld_handler = False
+        for fd in self._pidfds.values():
+            loop.remove_reader(fd)
+            os.close(fd)
+        self._pidfds.clear()
+
+    def watch_adopted(self, instance: Instance) -> bool:
+        """An adopted process is not our child: a pidfd on the loop tells its exit at once.
+        False when it is already gone (its identity is checked again once the pidfd holds it)."""
+        pid = instance.pid
+        assert pid is not None
+        try:
+            fd = os.pidfd_open(pid)
+        except OSError:
+            return False
+        if instance.start_ticks is not None and procid.start_ticks(pid) != instance.start_ticks:
+            os.close(fd)  # the pid was reused before the pidfd pinned it
+            return False
+        self._pidfds[pid] = fd
+        asyncio.get_running_loop().add_reader(fd, self._adopted_exited, instance, pid)
+        return True
+
+    def watch_helper(self, pid: int) -> "asyncio.Future[int]":
+        """The wait status of a child that is no instance: this engine reaps every child
+        (waitpid(-1)), so anyone else waiting for one of its own would find it gone."""
+        future = self._helpers[pid] = asyncio.get_running_loop().create_future()
+        return future
+
+    @contextlib.contextmanager
+    def operation(self, name: str) -> Iterator[None]:
+        """Mark a long operator command (a scale, a rolling restart) as in progress."""
+        self.operations[name] = self.operations.get(name, 0) + 1
+        try:
+            yield
+        finally:
+            self.operations[name] -= 1
+            if not self.operations[name]:
+                del self.operations[name]
+
+    def _adopted_exited(self, instance: Instance, pid: int) -> None:
+        fd = self._pidfds.pop(pid)
+        asyncio.get_running_loop().remove_reader(fd)
+        os.close(fd)
+        if instance.pid != pid:
+            return
+        self._handling_exits = True
+        try:
+            instance.on_exit(None)
+        finally:
+            self._handling_exits = False
+            if self._after_exits:
+                self._run_after_exits()
 
     def on_child_exits(self) -> None:
         """Reap every exited child and handle the exits (and the restarts due at once) as one batch."""
@@ -297,9 +356,14 @@ class Engine:
         # pid still being our child.
         for pid, status in reaped:
             self._orphan_exec_ids.pop(pid, None)
+            self._carried.discard(pid)
             instance = self._by_pid.pop(pid, None)
             if instance is not None:
                 exits.append((instance, status))
+            elif pid in self._helpers:
+                future = self._helpers.pop(pid)
+                if not future.done():
+                    future.set_result(status)
         self._handling_exits = True
         try:
             for instance, status in exits:
@@ -373,33 +437,21 @@ class Engine:
         if not self._state_dirty:
             return
         self._state_dirty = False
-        boot = osproc.boot_time()
         records = {}
         for exec_id, instance in self.instances.items():
-            if instance.pid is None:
-                continue
-            records[exec_id] = {
-                "pid": instance.pid,
-                "create_time": None if boot is None else osproc.create_time(boot, instance.started_boottime),
-                "type": instance.spec.type,
-                "id": instance.spec.id,
-            }
+            record = handover.identity_record(instance)
+            if record is not None:
+                records[exec_id] = record
         write_json_atomic(self.state_file, {"supervisor_pid": os.getpid(), "instances": records})
 
+    @property
+    def retiring(self) -> set[Instance]:
+        return self._retiring
+
     def stop_previous_leftovers(self) -> int:
-        """Executors a killed daemon left running would run twice next to ours: stop them first."""
-        try:
-            previous = json.loads(self.state_file.read_text())
-        except (OSError, ValueError):
-            return 0
-        found = []
-        for exec_id, record in (previous.get("instances") or {}).items():
-            try:
-                pid, created = int(record["pid"]), record.get("create_time")
-            except (KeyError, TypeError, ValueError):
-                continue
-            if osproc.is_running(pid, created) and osproc.environ_value(pid, "ET_EXEC_ID") == exec_id:
-                found.append(pid)
+        """Executors a killed daemon left running would run twice next to ours: stop them first
+        (with adoption, only those of instances this farm no longer wants are left to stop)."""
+        found = handover.leftovers(self)
         if not found:
             return 0
         for pid in found:
@@ -458,7 +510,8 @@ class Engine:
         self.save_overrides()
         self.publish(Event(event="scaled", level="info", supervisor=self.supervisor_name,
                            detail={"type": type_name, "old": len(current), "new": len(new)}))
-        done = await self.reconcile()
+        with self.operation("scale"):
+            done = await self.reconcile()
         return {"type": type_name, "old": len(current), "new": len(new), "ids": list(new), **done}
 
     async def stop_instances(self, instances: list[Instance]) -> None:
@@ -487,16 +540,17 @@ class Engine:
                 instance.restart()
             return []
         batch = max(1, batch)
-        for start in range(0, len(instances), batch):
-            group = instances[start:start + batch]
-            for instance in group:
-                instance.restart()
-            budget = max(i.policy.stop_timeout + i.policy.start_seconds for i in group) + 30
-            ups = await asyncio.gather(*(i.wait_until((State.RUNNING, State.FATAL, State.EXITED), budget)
-                                         for i in group))
-            failed = [i.spec.exec_id for i, up in zip(group, ups) if not up or i.state is not State.RUNNING]
-            if failed:
-                return failed  # do not take down the rest of the fleet behind a bad batch
+        with self.operation("rolling restart"):
+            for start in range(0, len(instances), batch):
+                group = instances[start:start + batch]
+                for instance in group:
+                    instance.restart()
+                budget = max(i.policy.stop_timeout + i.policy.start_seconds for i in group) + 30
+                ups = await asyncio.gather(*(i.wait_until((State.RUNNING, State.FATAL, State.EXITED), budget)
+                                             for i in group))
+                failed = [i.spec.exec_id for i, up in zip(group, ups) if not up or i.state is not State.RUNNING]
+                if failed:
+                    return failed  # do not take down the rest of the fleet behind a bad batch
         return []
 
     def signal_instances(self, instances: list[Instance], sig: int) -> tuple[list[str], list[str]]:
@@ -512,8 +566,11 @@ class Engine:
 
     async def wait_settled(self, type_names: Iterable[str], timeout: float) -> list[str]:
         """Wait until every wanted instance of the types runs and removed ones are gone; returns laggards."""
+        with self.operation("scale --wait"):
+            return await self._wait_settled(set(type_names), timeout)
+
+    async def _wait_settled(self, names: set[str], timeout: float) -> list[str]:
         deadline = time.monotonic() + timeout
-        names = set(type_names)
         while True:
             lagging = [
                 i.spec.exec_id for i in self.instances.values()

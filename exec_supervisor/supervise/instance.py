@@ -58,7 +58,7 @@ class Host(Protocol):
 
     def spawn_env(self, spec: InstanceSpec) -> dict[bytes, bytes]: ...
     def publish(self, event: Event) -> None: ...
-    def track(self, instance: "Instance", pid: int) -> None: ...
+    def track(self, instance: "Instance", pid: int, carried: bool = False) -> None: ...
     def orphans_of(self, exec_id: str) -> set[int]: ...
     def state_changed(self, instance: "Instance") -> None: ...
     def after_exits(self, callback: Callable[[], None]) -> Cancellable: ...
@@ -67,7 +67,8 @@ class Host(Protocol):
 class Instance:
     # A farm holds thousands of these for its whole life: no per-object __dict__.
     __slots__ = ("spec", "policy", "host", "state", "want_running", "pid", "started_at", "started_wall",
-                 "started_boottime", "restarts", "failures", "restart_times", "last_exit", "log_file", "_log_offset",
+                 "started_boottime", "start_ticks", "adopted", "restarts", "failures", "restart_times", "last_exit",
+                 "log_file", "_log_offset",
                  "_timer", "_pgid", "_restart_at", "_killed", "_stop_deadline", "_cleanup", "_start_pending",
                  "_rest_waiters", "_state_waiters", "history")
 
@@ -81,6 +82,8 @@ class Instance:
         self.started_at = 0.0  # monotonic, of the current process
         self.started_wall = 0.0
         self.started_boottime = 0.0  # CLOCK_BOOTTIME, which the kernel stamps a new process with
+        self.start_ticks: int | None = None  # the pid's start time in /proc, read once for the state file
+        self.adopted = False  # its process is not our child (taken over after a daemon death): watched by pidfd
         self.restarts = 0
         self.failures = 0  # consecutive exits without reaching running; drives the backoff
         # Restarts inside restart_window, kept only while max_restarts is set, and at most that many.
@@ -177,13 +180,16 @@ class Instance:
 
     # ------------------------------------------------------------------ process events
 
-    def on_exit(self, status: int) -> None:
-        """Called by the engine once it has reaped our main process."""
-        exit_code, signal_name = osproc.describe_status(status)
+    def on_exit(self, status: int | None) -> None:
+        """Called by the engine once it has reaped our main process (status None: an adopted
+        process, not our child, whose exit status nobody can read; the policy counts it a crash)."""
+        unknown = status is None
+        exit_code, signal_name = (None, None) if status is None else osproc.describe_status(status)
         now = time.monotonic()
         runtime = now - self.started_at
         pid = self.pid
         self.pid = None
+        self.adopted = False
         self._cancel_timer()
         self.last_exit = {
             "exit_code": exit_code,
@@ -191,12 +197,16 @@ class Instance:
             "time": time.time(),
             "runtime": runtime,
         }
+        detail = {}
+        if unknown:
+            self.last_exit["status_unknown"] = True
+            detail["status_unknown"] = True
         if self.state is State.STOPPING:
             self.host.state_changed(self)  # the pid is gone; the state changes once the leftovers are
             self._start_cleanup(self._stop_deadline, self.policy.stop_signal)
             return
 
-        expected = signal_name is None and exit_code in self.policy.success_exit_codes
+        expected = not unknown and signal_name is None and exit_code in self.policy.success_exit_codes
         restart_due = self.want_running and (
             self.policy.restart == "always" or (self.policy.restart == "on-failure" and not expected)
         )
@@ -207,7 +217,7 @@ class Instance:
                                          f"{self.policy.restart_window:g}s")
             self._emit(
                 "fatal", pid=pid, exit_code=exit_code, signal=signal_name, runtime=runtime,
-                output=output, detail={"window": self.policy.restart_window},
+                output=output, detail={"window": self.policy.restart_window, **detail},
             )
             self._start_cleanup(now + self.policy.stop_timeout, self.policy.stop_signal)
             return
@@ -224,9 +234,25 @@ class Instance:
         self._emit(
             "exited" if expected else "crashed",
             pid=pid, exit_code=exit_code, signal=signal_name, runtime=runtime,
-            restart_in=restart_in, output=output,
+            restart_in=restart_in, output=output, detail=detail,
         )
         self._start_cleanup(now + self.policy.stop_timeout, self.policy.stop_signal)
+
+    def resume(self, cleaning: bool) -> None:
+        """After a handover (upgrade) or an adoption restored this instance's fields: set again
+        the one timer (or the leftover cleanup) its state is waiting on."""
+        loop = asyncio.get_running_loop()
+        if self.pid is not None:
+            if self.state is State.STARTING:
+                self.host.timers.call_at(self.started_at + self.policy.start_seconds, self._on_start_seconds,
+                                         self.started_at)
+            elif self.state is State.STOPPING:
+                self._timer = loop.call_at(self._stop_deadline, self._kill_now)
+        elif cleaning or self.state is State.STOPPING:
+            late = self._stop_deadline if self.state is State.STOPPING else time.monotonic() + self.policy.stop_timeout
+            self._start_cleanup(late, signal.SIGKILL if self._killed else self.policy.stop_signal)
+        elif self.state is State.BACKOFF:
+            self._timer = loop.call_at(self._restart_at, self._restart_now)
 
     def _on_start_seconds(self, started_at: float) -> None:
         # A deadline set for an earlier run (the instance stopped or exited since) is stale.
@@ -245,6 +271,7 @@ class Instance:
         self.started_at = time.monotonic()
         self.started_wall = time.time()
         self.started_boottime = time.clock_gettime(time.CLOCK_BOOTTIME)
+        self.start_ticks = None
         try:
             pid = osproc.spawn(spec.argv, env, spec.cwd, self.log_file)
         except OSError as exc:
@@ -279,6 +306,7 @@ class Instance:
                         f"could not start: {self.last_exit['error']}")
         self._emit("crashed", runtime=0.0, restart_in=restart_in, detail={"error": self.last_exit["error"]})
         if restart_in is not None:
+            self._restart_at = now + restart_in
             self._timer = asyncio.get_running_loop().call_later(restart_in, self._restart_now)
 
     def _count_restart(self, now: float) -> None:

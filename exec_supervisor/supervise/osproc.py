@@ -258,7 +258,7 @@ def _read_children_file(tid: int) -> bytes:
     return b"".join(chunks)
 
 
-def adopted_children(known: Collection[int]) -> set[int]:
+def adopted_children(known: Collection[int], on_main_list: int = 0) -> set[int]:
     """Our children not in known (pids we spawned and have not reaped): adopted orphans.
 
     The kernel hands an orphan to the first live thread of its subreaper, our main thread,
@@ -266,12 +266,14 @@ def adopted_children(known: Collection[int]) -> set[int]:
     a thread of its own (see daemon.run), the main thread's list holds adopted orphans only,
     so this read, done at every instance exit, costs nothing per instance. With the loop on
     the main thread, the instances are on that list too and are left out by count first.
+    on_main_list: how many of known the main thread lists even so (children carried over an
+    in-place upgrade: execve leaves every child to the one thread that survives it).
     """
     try:
         data = _read_children_file(_own_pid)  # the main thread's id is the pid
     except OSError:
         return set()
-    expected = len(known) if threading.current_thread() is threading.main_thread() else 0
+    expected = len(known) if threading.current_thread() is threading.main_thread() else on_main_list
     if data.count(b" ") == expected:  # one "pid " per child: nothing but what we know
         return set()
     return set(map(int, data.split())).difference(known)
@@ -350,27 +352,6 @@ def _children_by_parent() -> dict[int, list[int]]:
     return parent_of
 
 
-_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
-
-
-def boot_time() -> float | None:
-    """The boot time psutil counts create_time from (/proc/stat btime; it moves when the clock is set)."""
-    try:
-        return next(float(line.split()[1]) for line in read_proc("/proc/stat").splitlines()
-                    if line.startswith(b"btime "))
-    except (OSError, StopIteration):
-        return None
-
-
-def create_time(boot: float, started_boottime: float) -> float:
-    """psutil's create_time of a process forked at this CLOCK_BOOTTIME reading.
-
-    The kernel stamps a new process with CLOCK_BOOTTIME and /proc shows it in whole clock
-    ticks, which psutil adds to the boot time: the same sum from a reading taken at the
-    spawn is within a tick of it, with no /proc read per process (hundreds per second
-    under churn).
-    """
-    return boot + int(started_boottime * _CLOCK_TICKS) / _CLOCK_TICKS
 
 
 def is_running(pid: int, start_time: float | None) -> bool:

@@ -4,6 +4,7 @@
     streams.py   GET /v1/events, /v1/logs/<exec id>       answers that can follow (stream)
     multilogs.py GET /v1/logs?target=                     several logs interleaved, prefixed
     commands.py  POST /v1/scale|start|stop|restart|signal|reload|shutdown   change the farm
+    upgrade.py   POST /v1/upgrade                         re-execute the daemon in place
 
 A handler is `async def name(ctl: ControlServer, request: Request) -> Response`; it reads
 input with control/params.py and asks the server (ctl) for the daemon, the engine and
@@ -14,6 +15,6 @@ Handlers must not touch the socket or the server's lifecycle (control/server.py)
 from __future__ import annotations
 
 from ..route import Route
-from . import commands, multilogs, streams, views
+from . import commands, multilogs, streams, upgrade, views
 
-ROUTES: list[Route] = [*views.ROUTES, *streams.ROUTES, *multilogs.ROUTES, *commands.ROUTES]
+ROUTES: list[Route] = [*views.ROUTES, *streams.ROUTES, *multilogs.ROUTES, *commands.ROUTES, *upgrade.ROUTES]

@@ -32,7 +32,8 @@ async def index(ctl: ControlServer, request: Request) -> Response:
 
 async def health(ctl: ControlServer, request: Request) -> Response:
     return _json({"ok": True, "pid": os.getpid(), "version": __version__, "state": ctl.state(),
-                  "name": ctl.daemon.config.name})
+                  "name": ctl.daemon.config.name, "upgrades": ctl.daemon.upgrades,
+                  "last_upgrade": ctl.daemon.last_upgrade})
 
 
 def _row(ctl: ControlServer, instance: Instance) -> dict[str, Any]:
