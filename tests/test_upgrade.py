@@ -259,8 +259,9 @@ def test_sigusr2_upgrades_and_shutdown_after_it_leaves_nothing(farm: Farm) -> No
     farm.daemon.send_signal(signal.SIGUSR2)
     wait_until(lambda: api(farm).call("GET", "/v1/health")[1].get("upgrades") == 1, 60, what="the upgrade")
     assert farm.instances() == before
-    state = json.loads((farm.state_dir / "instances.json").read_text())
-    assert {k: v["pid"] for k, v in state["instances"].items()} == before
+    path = farm.state_dir / "instances.json"  # written by the new image too
+    wait_until(lambda: path.exists() and {k: v["pid"] for k, v in json.loads(path.read_text())["instances"].items()}
+               == before, 10, what="the state file naming the carried instances")
     assert not (farm.state_dir / "handover.json").exists()  # consumed by the new image
     assert farm.stop() == 0
 
