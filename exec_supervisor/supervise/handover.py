@@ -91,6 +91,7 @@ def snapshot(engine: Engine, retiring: set[Instance]) -> dict[str, Any]:
             "last_exit": inst.last_exit, "log_offset": inst._log_offset, "restart_at": inst._restart_at,
             "killed": inst._killed, "stop_deadline": inst._stop_deadline, "start_pending": inst._start_pending,
             "cleaning": inst._cleanup is not None, "adopted": inst.adopted, "retiring": inst in retiring,
+            "history": [[when, state.value, reason] for when, state, reason in inst.history],
         })
         records.append(record)
     return {"format": FORMAT, "boot_id": boot_id(), "monotonic": time.monotonic(), "time": time.time(),
@@ -205,6 +206,7 @@ def _restore_one(engine: Engine, record: dict[str, Any], wanted: dict[str, tuple
     inst._killed = bool(record["killed"])
     inst._stop_deadline = float(record["stop_deadline"])
     inst._start_pending = bool(record["start_pending"])
+    inst.history = tuple((float(when), State(state), str(reason)) for when, state, reason in record.get("history") or ())
     _install(engine, inst)
     inst.resume(cleaning=bool(record["cleaning"]))
     return inst
