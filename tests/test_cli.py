@@ -326,3 +326,95 @@ def test_start_says_where_things_are_and_tails_the_output(farm: Farm) -> None:
     assert f"exec-supervisor -c {farm.config_path} status" in log
     assert farm.stop() == 0
     assert "Traceback" not in farm.log()
+
+
+# --------------------------------------------------------------------------- on a terminal
+
+
+class Terminal:
+    """The CLI on a pseudo-terminal (stdout and stderr), read as a user would see it."""
+
+    def __init__(self, argv: list[str], env: dict[str, str] | None = None) -> None:
+        import pty
+
+        self.master, slave = pty.openpty()
+        self.process = subprocess.Popen([sys.executable, "-m", "exec_supervisor.cli", *argv], stdin=slave,
+                                        stdout=slave, stderr=slave, env=env, start_new_session=True)
+        os.close(slave)
+        self.output = b""
+
+    def read_until(self, predicate: Any, timeout: float = 20) -> bytes:
+        import select
+
+        deadline = time.monotonic() + timeout
+        while not predicate(self.output):
+            left = deadline - time.monotonic()
+            assert left > 0, f"timed out; the terminal shows {self.output[-2000:]!r}"
+            ready, _, _ = select.select([self.master], [], [], min(left, 0.5))
+            if ready:
+                try:
+                    self.output += os.read(self.master, 65536)
+                except OSError:  # the process ended and closed the terminal
+                    assert predicate(self.output), self.output[-2000:]
+        return self.output
+
+    def finish(self, timeout: float = 20) -> int:
+        try:
+            code = self.process.wait(timeout)
+        finally:
+            try:
+                while True:
+                    chunk = os.read(self.master, 65536)
+                    if not chunk:
+                        break
+                    self.output += chunk
+            except OSError:
+                pass
+            os.close(self.master)
+        return code
+
+
+def test_colours_on_a_terminal_only_and_watch_redraws_until_ctrl_c(farm: Farm) -> None:
+    farm.write({"Good": sleeper(count=1),
+                "Bad": {**farm.program("exit:3"), "count": 1, "max_restarts": 1, "restart_window": "1m"}})
+    farm.start(wait_instances=1)
+    wait_until(lambda: states(farm) == {"ET-Good-0": "running", "ET-Bad-0": "fatal"}, 20,
+               what="one running, one fatal")
+    env = {k: v for k, v in os.environ.items() if k not in ("NO_COLOR", "TERM")}
+    env["TERM"] = "xterm"
+
+    term = Terminal(["status", "-c", str(farm.config_path)], env)
+    assert term.finish() == 4
+    assert re.search(rb"\x1b\[32mrunning\s*\x1b\[0m", term.output), term.output
+    assert re.search(rb"\x1b\[31m\x1b\[1mfatal\s*\x1b\[0m", term.output), term.output
+    piped = cli(farm, "status")
+    assert "\x1b[" not in piped.stdout and re.search(r"^ET-Bad-0\s+fatal", piped.stdout, re.M)
+    plain = Terminal(["status", "-c", str(farm.config_path)], {**env, "NO_COLOR": "1"})
+    assert plain.finish() == 4
+    assert b"\x1b[" not in plain.output and re.search(rb"ET-Good-0\s+running", plain.output)
+
+    watch = Terminal(["-c", str(farm.config_path), "status", "--watch", "--interval", "0.3"], env)
+    frames = watch.read_until(lambda out: out.count(b"\x1b[H\x1b[2J") >= 3)
+    assert frames.count(b"Every 0.3s: exec-supervisor status all") >= 3
+    last = frames.rsplit(b"\x1b[H\x1b[2J", 1)[1]
+    assert re.search(rb"ET-Bad-0\s+\S*fatal", last) and b"Good: " in last
+    watch.process.send_signal(2)  # Ctrl-C
+    assert watch.finish() == 0
+    assert b"Traceback" not in watch.output and watch.output.endswith(b"\x1b[?25h"), watch.output[-200:]
+    assert farm.stop() == 0
+
+
+def test_progress_while_waiting(farm: Farm) -> None:
+    farm.write({"A": sleeper(count=1, start_seconds=0.6)})
+    farm.start(wait_instances=1)
+    result = cli(farm, "scale", "A", "4", "--wait")
+    assert result.returncode == 0, result.stderr
+    steps = re.findall(r"^(\d)/4 running$", result.stderr, re.M)
+    assert steps and steps == sorted(steps) and len(set(steps)) == len(steps), result.stderr
+    assert "\r" not in result.stderr, "a line per step when not on a terminal"
+    env = {k: v for k, v in os.environ.items() if k != "NO_COLOR"}
+    term = Terminal(["restart", "A", "-c", str(farm.config_path)], env)
+    assert term.finish(60) == 0
+    assert re.search(rb"\r\x1b\[K[0-4]/4 restarted", term.output), term.output
+    assert b"restarted: ET-A-0, ET-A-1, ET-A-2, ET-A-3" in term.output
+    assert farm.stop() == 0

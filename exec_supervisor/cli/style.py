@@ -45,7 +45,8 @@ class Painter:
     def __call__(self, text: str, fg: str | None = None, bold: bool = False, dim: bool = False) -> str:
         if not self.enabled or not (fg or bold or dim):
             return text
-        return click.style(text, fg=fg, bold=bold, dim=dim)
+        # None, not False: click writes a reset code for every False it is given
+        return click.style(text, fg=fg, bold=bold or None, dim=dim or None)
 
     def state(self, text: str, state: str) -> str:
         fg, bold = STATE_COLOURS.get(state, (None, False))
