@@ -151,7 +151,7 @@ class Daemon:
     def _on_sigint(self) -> None:
         self._sigints += 1
         if self._sigints == 1:
-            self.request_stop("SIGINT (press Ctrl-C again to kill at once)")
+            self.request_stop("SIGINT; press Ctrl-C again to kill at once")
         else:
             log.warning("exec-supervisor@%s: second SIGINT: killing every instance now", self.config.name)
             self.engine.kill_all()

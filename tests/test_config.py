@@ -175,7 +175,8 @@ BAD = [
     ("duplicate key", "executors:\n  A:\n    command: [\"{python}\"]\n    count: 1\n    count: 2\n", 5, "executors.A.count", "key given twice (first on line 4)"),
     ("duplicate section", OK_TYPE + "executors:\n  B: {}\n", 5, "executors", "key given twice (first on line 1)"),
     ("yaml syntax", "executors:\n  A: [1,\n", 3, "", "not valid YAML"),
-    ("yaml tab", "executors:\n\tA: 1\n", 2, "", "not valid YAML"),
+    ("yaml tab", "executors:\n\tA: 1\n", 2, "", "not valid YAML: found character that cannot start any token "
+                                               "(a tab, column 1: YAML indents with spaces only)"),
     ("yaml bad date", "supervisor:\n  name: 2024-13-45\n" + OK_TYPE, 2, "", "not valid YAML: cannot read this value (month must be in 1..12)"),
     ("yaml unknown tag", "supervisor:\n  name: !!python/name:os.system\n" + OK_TYPE, 2, "", "not valid YAML"),
     ("yaml unhashable key", "executors:\n  ? [a]\n  : 1\n", 2, "", "not valid YAML: found unhashable key"),

@@ -167,7 +167,8 @@ def check_script(
     except (OSError, ValueError):
         is_file = False
     if not is_file:
-        collector.add(where, f"script {show_path(path)} does not exist (relative to the type's cwd)")
+        relative = "" if os.path.isabs(os.path.expanduser(script)) else " (relative to the type's cwd)"
+        collector.add(where, f"script {show_path(path)} does not exist{relative}")
 
 
 # --------------------------------------------------------------------------- whole instances

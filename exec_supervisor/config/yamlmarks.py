@@ -207,6 +207,10 @@ def read_yaml(path: Path, display: str) -> tuple[Any, LineIndex]:
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         what = exc.problem or exc.context or "unreadable"
+        lines = text.splitlines()
+        line_text = lines[mark.line] if mark is not None and mark.line < len(lines) else ""
+        if mark is not None and "\t" in line_text[:mark.column + 1]:
+            what += f" (a tab, column {line_text.index(chr(9)) + 1}: YAML indents with spaces only)"
         raise fail(f"not valid YAML: {what}", mark.line + 1 if mark else None) from None
     except yaml.reader.ReaderError as exc:
         line = text.count("\n", 0, exc.position) + 1

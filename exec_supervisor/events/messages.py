@@ -103,7 +103,7 @@ def _supervisor_en(e: "Event") -> str:
     if kind == "supervisor_started":
         return f"started {_count(d.get('instances', 0), 'instance')} of {_count(d.get('types', 0), 'type')} (pid {d.get('pid')})"
     if kind == "supervisor_stopping":
-        return f"stopping {d.get('instances', 0)} instances ({d.get('reason', 'asked to stop')})"
+        return f"stopping {_count(d.get('instances', 0), 'instance')} ({d.get('reason', 'asked to stop')})"
     if kind == "supervisor_stopped":
         return f"stopped after {_seconds(d.get('uptime'))}"
     if kind == "reloaded":
@@ -125,7 +125,7 @@ def _supervisor_en(e: "Event") -> str:
         return (f"adopted {_count(d.get('instances', 0), 'executor')} left running by a previous "
                 "exec-supervisor (none restarted)")
     if kind == "scaled":
-        return f"scaled {d.get('type')} from {d.get('old')} to {d.get('new')} instances"
+        return f"scaled {d.get('type')} from {d.get('old')} to {_count(d.get('new', 0), 'instance')}"
     if kind == "events_dropped":
         return (
             f"event spool full (events.spool_max_bytes): dropped {d.get('dropped', 0)} oldest events "
