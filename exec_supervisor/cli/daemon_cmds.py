@@ -124,8 +124,9 @@ def start(what: str | None, quiet: bool, tail: bool, config_path: str | None, so
 @click.option("-c", "--config", "config_path", metavar="PATH", default=None, help="The same as CONFIG.")
 def check(config: str | None, config_path: str | None) -> None:
     """Validate CONFIG and print the planned instances (and any runtime scale a daemon would keep)."""
+    from ..config.checks import shown_argv
     from ..daemon import scale_override_note
-    from ..supervise.engine import read_overrides
+    from ..supervise.overrides import read_overrides
 
     config = config or resolve_target(config_path, None)[0]
     cfg = load_or_exit(config)
@@ -149,20 +150,6 @@ def check(config: str | None, config_path: str | None) -> None:
     if held:
         click.echo(f"note: {plural(len(held), 'instance')} held stopped by `exec-supervisor stop`: "
                    + ", ".join(sorted(held)[:8]) + (" ..." if len(held) > 8 else ""))
-
-
-def shown_argv(argv: Any, cwd: str) -> list[str]:
-    """The command line with each relative path that exists in the instance's cwd made absolute.
-
-    Display only: the instance runs the argv as configured, in its cwd."""
-    shown = []
-    for arg in argv:
-        if "/" in arg and not arg.startswith(("/", "-")) and "://" not in arg:
-            candidate = os.path.normpath(os.path.join(cwd, arg))
-            if os.path.exists(candidate):
-                arg = candidate
-        shown.append(arg)
-    return shown
 
 
 @main.command("dev-service")

@@ -121,18 +121,14 @@ def parse_scale(spec: tuple[str, ...]) -> dict[str, Any]:
     return changes
 
 
-def _reset_changes(client: Any, names: tuple[str, ...]) -> dict[str, Any]:
-    """Each type back to the ids of the daemon's config (the engine then drops the runtime scale)."""
+def _reset_changes(names: tuple[str, ...]) -> dict[str, Any]:
+    """Each type back to the ids of the daemon's config (the daemon then drops the runtime scale)."""
     for name in names:
         if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_]*", name):
             raise click.UsageError(f"{name!r} is not a type name")
-    types = {t["type"]: t for t in call(client, "GET", "/v1/status?target=all").get("types", [])}
-    changes: dict[str, Any] = {}
-    for name in names:
-        if name not in types:
-            fail(f"exec-supervisor: no executor type {name!r} in this farm (types: {', '.join(types) or 'none'})", 2)
-        changes[name] = types[name].get("configured_ids") or 0
-    return changes
+    if len(set(names)) != len(names):
+        raise click.UsageError("a type is given twice")
+    return {name: "config" for name in names}
 
 
 @main.command(context_settings={"ignore_unknown_options": True})
@@ -154,7 +150,7 @@ def scale(spec: tuple[str, ...], reset: bool, wait: bool, timeout: float | None,
     The new count survives daemon restarts until --reset or the type's ids/count change in the config.
     """
     client = make_client(config_path, socket_path)
-    changes = _reset_changes(client, spec) if reset else parse_scale(spec)
+    changes = _reset_changes(spec) if reset else parse_scale(spec)
     body: dict[str, Any] = {"scale": changes, "wait": wait}
     if timeout is not None:
         body["timeout"] = timeout

@@ -271,3 +271,15 @@ def check_instances(
         origin = "supervisor.max_instances" if explicit else "supervisor.max_instances, this machine's default"
         collector.add(("executors",), f"{total} instances in all ({shown}), more than {farm.max_instances} "
                                       f"({origin}; see the README)")
+
+
+def shown_argv(argv: Any, cwd: str) -> list[str]:
+    """The command line with each relative path that exists in the instance's cwd made absolute (display only)."""
+    shown = []
+    for arg in argv:
+        if "/" in arg and not arg.startswith(("/", "-")) and "://" not in arg:
+            candidate = os.path.normpath(os.path.join(cwd, arg))
+            if os.path.exists(candidate):
+                arg = candidate
+        shown.append(arg)
+    return shown

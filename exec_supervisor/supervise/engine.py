@@ -21,7 +21,9 @@ from typing import Any, Callable, Iterable, Iterator
 from . import handover, osproc, procid
 from ..config import ExecutorType, FarmConfig, InstanceSpec
 from ..events import Event, EventBus
-from .instance import AT_REST, Instance, State
+from .instance import Instance, State
+from .overrides import read_overrides
+from .plan import DONE, decide, plan_changes
 from .timers import Cancellable, SlackTimers
 
 log = logging.getLogger("exec_supervisor")
@@ -173,38 +175,12 @@ class Engine:
         return wanted
 
     def _decide(self, exec_id: str, instance: Instance | None, spec: InstanceSpec | None) -> str:
-        """What reconcile does to one instance (reload --dry-run asks the same question): one of
-        start, stop, restart, unchanged, forget (removed at rest: dropped silently), none."""
-        if spec is None:  # not wanted
-            if instance is None or instance in self._retiring:
-                return "none"
-            return "forget" if instance.settled and not instance.want_running else "stop"
-        held = exec_id in self.held
-        if instance is None:
-            return "none" if held else "start"
-        if instance in self._retiring and not held:
-            return "start"  # wanted again while it stopped: bring it back
-        if held:
-            return "stop" if instance.want_running or instance.state not in AT_REST else "none"
-        if instance.state is State.STOPPED and not instance.want_running:
-            return "start"
-        if spec.launch_key != instance.spec.launch_key and instance.state not in AT_REST:
-            return "restart"
-        return "unchanged"
+        return decide(exec_id, instance, spec, exec_id in self.held, instance in self._retiring)
 
     def plan(self, config: FarmConfig | None = None,
              scaled: dict[str, tuple[int, ...]] | None = None) -> dict[str, list[str]]:
         """The exec ids reconcile would start, stop and restart (and leave alone), changing nothing."""
-        wanted = self.desired(config, scaled)
-        changes: dict[str, list[str]] = {"started": [], "stopped": [], "restarted": [], "unchanged": []}
-        names = {"start": "started", "stop": "stopped", "restart": "restarted", "unchanged": "unchanged"}
-        for exec_id, instance in self.instances.items():
-            if exec_id not in wanted and (action := self._decide(exec_id, instance, None)) in names:
-                changes[names[action]].append(exec_id)
-        for exec_id, (spec, _) in wanted.items():
-            if (action := self._decide(exec_id, self.instances.get(exec_id), spec)) in names:
-                changes[names[action]].append(exec_id)
-        return changes
+        return plan_changes(self.desired(config, scaled), self.instances, self._decide)
 
     async def reconcile(self, changes: dict[str, list[str]] | None = None,
                         deferred: list[Instance] | None = None) -> dict[str, int]:
@@ -256,9 +232,8 @@ class Engine:
                     done["restarted"] += 1
                 elif action == "unchanged":
                     done["unchanged"] += 1
-                if changes is not None and action in ("start", "stop", "restart", "unchanged"):
-                    changes[{"start": "started", "stop": "stopped", "restart": "restarted",
-                             "unchanged": "unchanged"}[action]].append(exec_id)
+                if changes is not None and action in DONE:
+                    changes[DONE[action]].append(exec_id)
                 if actions and actions % SPAWN_BATCH == 0:
                     await asyncio.sleep(0)
             return done
@@ -622,29 +597,6 @@ def write_json_atomic(path: Path, data: Any) -> None:
         # dumps, not dump: dump takes json's pure-Python encoder and writes piece by piece
         handle.write(json.dumps(data, separators=(",", ":")))
     os.replace(tmp, path)
-
-
-def read_overrides(state_dir: Path) -> tuple[dict[str, tuple[int, ...]], dict[str, float], set[str]]:
-    """The runtime overrides a daemon of state_dir keeps: (scaled ids, when scaled, held exec ids).
-
-    Also read by `check`, to say which types a daemon would not run as configured."""
-    try:
-        data = json.loads((state_dir / "overrides.json").read_text())
-        scaled_data, when_data = data.get("scaled") or {}, data.get("scaled_at") or {}
-        held_data = data.get("held") or []
-    except (OSError, ValueError, AttributeError):
-        return {}, {}, set()
-    scaled: dict[str, tuple[int, ...]] = {}
-    scaled_at: dict[str, float] = {}
-    if isinstance(scaled_data, dict):
-        for type_name, ids in scaled_data.items():
-            if isinstance(ids, list):
-                scaled[type_name] = tuple(sorted({i for i in ids if isinstance(i, int) and i >= 0}))
-                when = when_data.get(type_name) if isinstance(when_data, dict) else None
-                if isinstance(when, (int, float)) and not isinstance(when, bool):
-                    scaled_at[type_name] = float(when)
-    held = {e for e in held_data if isinstance(e, str)} if isinstance(held_data, list) else set()
-    return scaled, scaled_at, held
 
 
 def iter_ids(ids: Iterable[int]) -> tuple[int, ...]:

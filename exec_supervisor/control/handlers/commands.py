@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from ...config import parse_ids
 from ...supervise.instance import AT_REST, Instance, State
 from ..httpserver import HttpError as ApiError, Request, Response, json_response as _json
-from ..params import TYPE_RE, body_of, count, flag, known_type, number, select, shorten
+from ..params import TYPE_RE, body_of, count, flag, known_type, number, select
 from ..route import Route
 
 if TYPE_CHECKING:
@@ -62,6 +62,8 @@ async def scale(ctl: ControlServer, request: Request) -> Response:
                 raise ApiError(400, f"{type_name}: count must be between 0 and {MAX_INSTANCES_PER_TYPE}, "
                                     f"got {value}")
             plan.append((type_name, value, None))
+        elif value == "config":  # `scale --reset`: the config's ids again (the runtime scale is dropped)
+            plan.append((type_name, None, engine.config.ids_of(type_name)))
         elif isinstance(value, (str, list)):
             try:
                 ids = parse_ids(value)

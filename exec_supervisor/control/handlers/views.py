@@ -13,6 +13,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from ... import __version__
+from ...config.checks import shown_argv
 from ...supervise import osproc
 from ...supervise.instance import Instance, State
 from ..httpserver import HttpError as ApiError, Request, Response, json_response as _json
@@ -110,18 +111,6 @@ MASK = "********"
 
 def masked_env(env: Any) -> dict[str, str]:
     return {name: MASK if SECRET_NAME_RE.search(name) else value for name, value in env}
-
-
-def shown_argv(argv: Any, cwd: str) -> list[str]:
-    """The command line with each relative path that exists in the instance's cwd made absolute (display only)."""
-    shown = []
-    for arg in argv:
-        if "/" in arg and not arg.startswith(("/", "-")) and "://" not in arg:
-            candidate = os.path.normpath(os.path.join(cwd, arg))
-            if os.path.exists(candidate):
-                arg = candidate
-        shown.append(arg)
-    return shown
 
 
 async def describe(ctl: ControlServer, request: Request) -> Response:
