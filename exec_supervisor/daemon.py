@@ -443,11 +443,13 @@ def scale_override_note(type_name: str, scaled: int, configured: int, when: floa
 
 
 def default_extensions() -> list[Callable[[], Any]]:
-    """Always installed: the control socket (status, scale, reload, ...) and sd_notify (a no-op outside systemd)."""
+    """Always installed: the control socket (status, scale, reload, ...), sd_notify (a no-op outside
+    systemd) and the executors' log socket (none without event forwarding)."""
     from .control.server import ControlServer
+    from .relay.service import LogSocket
     from .systemd import SdNotify
 
-    return [ControlServer, SdNotify]
+    return [ControlServer, SdNotify, LogSocket]
 
 
 def run(config_path: str, quiet: bool = False, extensions: list[Callable[[], Any]] | None = None,

@@ -21,7 +21,10 @@ What it fixes compared with the seed's boilerplate (seed/complex_tasks.md):
 - `log()` never blocks the work: messages go through a bounded background
   queue (oldest dropped, and counted, when full) with a short flush at exit;
 - a 401 explains what to do (token-exempt IP lists, or a token);
-- SIGTERM/SIGINT stop the executor cleanly and promptly (exit status 0).
+- SIGTERM/SIGINT stop the executor cleanly and promptly (exit status 0);
+- under exec-supervisor (``$ET_LOG_SOCKET``), `log()` hands each line to the
+  supervisor, which keeps it on disk and delivers it with its own credentials:
+  nothing is lost to an outage or a crash of this process, and no token is needed.
 """
 
 from __future__ import annotations
@@ -29,6 +32,8 @@ from __future__ import annotations
 import argparse
 import atexit
 import collections
+import errno
+import json
 import math
 import os
 import random
@@ -57,6 +62,11 @@ LOG_PATH = "api/bases/logs/"
 ENV_SERVICE_HOST = "ET_SERVICE_HOST"
 ENV_ID = "ET_ID"
 ENV_TOKEN = "ET_SERVICE_TOKEN"
+# Under exec-supervisor: the daemon's log socket. A line sent there is the supervisor's to
+# deliver (durably, with its credentials); without it, log() posts to the service itself.
+ENV_LOG_SOCKET = "ET_LOG_SOCKET"
+# How long log() may wait for room in the daemon's socket queue before posting directly.
+LOG_SOCKET_WAIT = 0.05
 
 # Answers worth trying again: the service is restarting, overloaded or rate limiting.
 RETRY_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
@@ -233,6 +243,11 @@ class Executor:
         self._closed = False
 
         self._local = threading.local()  # one requests.Session per thread (Session is not thread-safe)
+        self._log_socket_address = os.environ.get(ENV_LOG_SOCKET) or None
+        self._log_socket: socket.socket | None = None
+        self._log_socket_lock = threading.Lock()
+        self._log_socket_full_at = -math.inf
+        self.handed_over = 0        # lines given to the supervisor's log socket
 
         if install_signals and threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGTERM, self._on_signal)
@@ -406,6 +421,8 @@ class Executor:
             # The service accepts anything (50 MB was tried): the sender has to cap it.
             cut = len(text) - self.max_message_chars
             text = text[: self.max_message_chars] + f"\n... [{cut} characters cut]"
+        if self._log_socket_address is not None and self._hand_over(level, text):
+            return
         first_drop = False
         with self._cond:
             if self._closed:
@@ -423,6 +440,51 @@ class Executor:
         if first_drop:  # once per outage, outside the lock (stderr may be a slow pipe)
             print(f"{self.exec_id}: log queue full ({self.queue_size}); dropping the oldest "
                   "messages until the service takes them again", file=sys.stderr, flush=True)
+
+    def _hand_over(self, level: str, text: str) -> bool:
+        """Send one line to the supervisor's log socket; False: post it directly instead.
+
+        A datagram per line: whole, in order, and the kernel tells the supervisor our pid.
+        Waits at most LOG_SOCKET_WAIT for room; a supervisor that is gone is not asked again."""
+        data = json.dumps({"level": level, "message": text}, ensure_ascii=False).encode("utf-8")
+        with self._log_socket_lock:
+            for attempt in (1, 2):
+                sock = self._log_socket
+                try:
+                    if sock is None:
+                        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+                        sock.setblocking(False)
+                        address = self._log_socket_address or ""
+                        sock.connect(b"\0" + address[1:].encode() if address.startswith("@") else address)
+                        self._log_socket = sock
+                    try:
+                        sock.send(data)
+                    except BlockingIOError:
+                        # The supervisor's queue is full: wait a moment for room, then post directly.
+                        # Once it was full, later lines do not wait again for a second (a flood
+                        # must not turn into 50 ms per line).
+                        now = time.monotonic()
+                        if now - self._log_socket_full_at < 1.0:
+                            return False
+                        _, writable, _ = select.select([], [sock], [], LOG_SOCKET_WAIT)
+                        if not writable:
+                            self._log_socket_full_at = now
+                            return False
+                        sock.send(data)
+                    self.handed_over += 1
+                    return True
+                except BlockingIOError:
+                    return False
+                except OSError as err:
+                    if sock is not None:
+                        sock.close()
+                    self._log_socket = None
+                    if err.errno == errno.EMSGSIZE:
+                        return False  # too big for a datagram: this one line is posted directly
+                    if attempt == 2:  # the supervisor is gone: post ourselves from now on
+                        self._log_socket_address = None
+                        return False
+            return False
 
     @property
     def pending(self) -> int:
@@ -514,7 +576,8 @@ class Executor:
         self.delivered += 1
         if self._outage_reported or self._auth_reported:
             self._outage_reported = self._auth_reported = False
-            print(f"{self.exec_id}: log service reachable again", file=sys.stderr, flush=True)
+            again = "accepts our log messages again" if self._auth_reported else "reachable again"
+            print(f"{self.exec_id}: log service {again}", file=sys.stderr, flush=True)
         with self._cond:
             dropped, self._dropped_unreported = self._dropped_unreported, 0
             if dropped:

@@ -545,3 +545,33 @@ def test_seed_style_executor_offline_and_401(tmp_path: Path, procs: list[Proc], 
         assert p.popen.poll() is None
         p.signal(signal.SIGTERM)
         assert p.wait() == 0
+
+
+def test_log_hands_lines_to_the_supervisor_socket_and_posts_directly_when_it_is_gone(
+        tmp_path: Path, svc: DevService, monkeypatch: pytest.MonkeyPatch) -> None:
+    import json
+    import socket as socket_mod
+
+    address = str(tmp_path / "log.sock")
+    daemon_side = socket_mod.socket(socket_mod.AF_UNIX, socket_mod.SOCK_DGRAM)
+    daemon_side.bind(address)
+    daemon_side.settimeout(5)
+    monkeypatch.setenv("ET_LOG_SOCKET", address)
+    et = Executor("Sock", argv=["--service-host", svc.url, "--id", "4"], install_signals=False)
+    try:
+        et.log("warning", "to the supervisor")
+        assert json.loads(daemon_side.recv(65536)) == {"level": "warning", "message": "ET-Sock-4: to the supervisor"}
+        assert et.handed_over == 1 and et.pending == 0 and svc.entries == []
+        # A full queue makes log() wait a moment at most, then post directly: never a block.
+        started = time.monotonic()
+        for k in range(1000):
+            et.log("debug", f"flood {k}")
+        assert time.monotonic() - started < 5  # one 50 ms wait per second of fullness, at most
+        assert et.handed_over < 1001
+        assert svc.wait_for(lambda es: any("flood" in e["message"] for e in es), 10)  # the overflow, posted
+        daemon_side.close()
+        os.unlink(address)  # the supervisor is gone: from now on the executor posts itself
+        et.log("info", "posted myself")
+        assert svc.wait_for(lambda es: any(e["message"] == "ET-Sock-4: posted myself" for e in es), 10)
+    finally:
+        et.close(1.0)

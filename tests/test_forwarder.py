@@ -699,3 +699,54 @@ def test_late_events_carry_their_original_time_in_the_message(tmp_path: Path, sv
     assert rest.startswith("Traceback"), "the output tail stays after the first line"
     assert "delayed" not in entries[2]["message"] and "延迟" not in entries[2]["message"]
     assert TIME_RE.match(entries[1]["time"]) and entries[1]["time"] < entries[2]["time"]
+
+
+# --------------------------------------------------------------------------- executors' lines
+
+
+def test_executor_lines_keep_to_their_share_and_never_push_out_supervisor_events(
+        tmp_path: Path, svc: DevService, harness: Callable[..., Harness]) -> None:
+    h = harness(make_config(tmp_path, svc.url, spool_max_bytes="64KiB"), line_rate=1e9, line_burst=1e9)
+    svc.stop()
+    h.fw.start()
+    for i in range(40):
+        h.fw.sink(crash(i))  # ~300 bytes each: 12 KiB of the supervisor's errors
+    for k in range(2000):
+        assert h.fw.add_line("ET-Dummy-1", "info", f"ET-Dummy-1: line {k} " + "x" * 60)
+    h.fw.add_line("ET-Dummy-2", "warning", "ET-Dummy-1: not mine")  # a wrong prefix
+    backlog = h.fw.backlog()
+    lines = backlog["executor_lines"]
+    assert backlog["count"] == 40 and backlog["dropped"] == 0
+    assert lines["bytes"] <= 32 * 1024 and lines["instances"]["ET-Dummy-1"]["dropped"] > 1000
+    kept = lines["instances"]["ET-Dummy-1"]["pending"]
+    assert kept + lines["instances"]["ET-Dummy-1"]["dropped"] == 2000
+    svc.start()
+    wait_until(lambda: h.fw.backlog()["executor_lines"]["pending"] == 0 and h.fw.backlog()["count"] == 0,
+               what="everything delivered")
+    posted = [e["message"] for e in svc.entries]
+    crashes = [i for i, e in enumerate(svc.entries) if e.get("event") == "crashed"]
+    assert len(crashes) == 40 and crashes == list(range(40))  # the supervisor's events first
+    numbers = [int(m.split()[2]) for m in posted if m.startswith("ET-Dummy-1: line ")]
+    assert numbers == list(range(2000 - kept, 2000))  # the newest lines, in order
+    assert "ET-Dummy-2: not mine" in posted
+    books = h.fw.backlog()["executor_lines"]["instances"]
+    assert books["ET-Dummy-1"]["relayed"] == kept and books["ET-Dummy-2"] == {"relayed": 1, "pending": 0, "dropped": 0}
+    wait_until(lambda: any(e.event == "executor_lines_dropped" and e.exec_id == "ET-Dummy-1" for e in h.published),
+               what="the drop notice")
+
+
+def test_executor_lines_survive_a_restart_of_the_forwarder(tmp_path: Path, svc: DevService,
+                                                           harness: Callable[..., Harness]) -> None:
+    config = make_config(tmp_path, svc.url)
+    svc.stop()
+    first = harness(config)
+    first.fw.start()
+    for k in range(10):
+        first.fw.add_line("ET-Dummy-3", "info", f"line {k}")
+    first.fw.close()
+    second = harness(config)
+    assert second.fw.backlog()["executor_lines"]["instances"]["ET-Dummy-3"]["pending"] == 10
+    svc.start()
+    second.fw.start()
+    assert svc.wait_for(lambda es: len(es) >= 10, 10)
+    assert [e["message"] for e in svc.entries] == [f"ET-Dummy-3: line {k}" for k in range(10)]

@@ -233,6 +233,9 @@ class EventsConfig(Strict):
     language: Literal["en", "zh"] = "en"
     spool_max_bytes: Size = 64 * 1024**2
     forward: bool = True
+    # Executors' own log lines the supervisor takes per instance (a token bucket): beyond, dropped and counted.
+    executor_lines_per_second: Annotated[Int, Field(ge=1, le=1_000_000)] = 100
+    executor_lines_burst: Annotated[Int, Field(ge=1, le=10_000_000)] = 1000
 
 
 class ControlConfig(Strict):

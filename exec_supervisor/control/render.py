@@ -66,6 +66,14 @@ def render_backlog(forwarding: Any, backlog: dict[str, Any] | None) -> str:
     if oldest is not None:
         text += f", oldest {human_duration(oldest)} old"
     text += f"; last error: {backlog.get('last_error') or '-'}"
+    lines = backlog.get("executor_lines")
+    if isinstance(lines, dict) and (lines.get("pending") or lines.get("relayed") or lines.get("dropped")):
+        text += (f"\nexecutor log lines: {lines.get('pending', 0)} pending, {lines.get('relayed', 0)} relayed, "
+                 f"{lines.get('dropped', 0)} dropped")
+        books = lines.get("instances") or {}
+        dropping = sorted(((b.get("dropped", 0), e) for e, b in books.items() if b.get("dropped")), reverse=True)
+        if dropping:
+            text += " (" + ", ".join(f"{e}: {n}" for n, e in dropping[:3]) + (", ..." if len(dropping) > 3 else "") + ")"
     return text
 
 

@@ -120,10 +120,11 @@ class DeliveryStatus:
         if not first:
             self._outage_logged = False
 
-    def sent(self, record: Record) -> None:
-        """The service took `record` (the caller acked it in the spool)."""
+    def sent(self, record: Record, mark: bool = True) -> None:
+        """The service took `record` (the caller acked it in the spool). mark: it is in the recent list."""
         self.delivered += 1
-        self.recent.mark(record.seq, "sent")
+        if mark:
+            self.recent.mark(record.seq, "sent")
         if self._outage_since is not None:
             # How long delivery was really impossible: to the last failed attempt, not to this
             # success (the wait between the two is the retry interval, not the outage).
@@ -211,10 +212,11 @@ class DeliveryStatus:
                 self.url, status, moved, config_path, slow_retry,
             )
 
-    def dead_lettered(self, record: Record, status: int, detail: str, path: Path) -> None:
+    def dead_lettered(self, record: Record, status: int, detail: str, path: Path, mark: bool = True) -> None:
         """The service refused `record` for good; it went to the dead-letter file at `path`."""
         self.dead_letters += 1
-        self.recent.mark(record.seq, "dead")
+        if mark:
+            self.recent.mark(record.seq, "dead")
         log.warning(
             "event forwarder: the service refused event seq %d (%s %s); moved it to %s",
             record.seq, status, detail, path,

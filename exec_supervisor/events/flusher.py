@@ -30,8 +30,11 @@ class Flusher:
     """Runs the ``events-flusher`` thread between start() and stop(); sync_quietly() works any time."""
 
     def __init__(self, spool: Spool, status: DeliveryStatus, emit: Callable[[str, str, dict[str, Any]], None],
-                 flush_interval: float, notice_interval: float) -> None:
+                 flush_interval: float, notice_interval: float, more: tuple[Spool, ...] = (),
+                 notices: Callable[[], None] | None = None) -> None:
         self.spool = spool
+        self._more = more  # other spools synced on the same tick (executors' lines)
+        self._more_notices = notices
         self.flush_interval = flush_interval
         self.notice_interval = notice_interval
         self._status = status
@@ -40,6 +43,7 @@ class Flusher:
         self._thread: threading.Thread | None = None
         self._last_drop_notice = float("-inf")
         self._last_refusal_notice = float("-inf")
+        self._last_more_notice = float("-inf")
         self._write_error_logged = 0.0
 
     def start(self) -> None:
@@ -64,6 +68,8 @@ class Flusher:
         """spool.sync(); an OSError becomes a rate-limited error line (tried again next tick)."""
         try:
             self.spool.sync()
+            for spool in self._more:
+                spool.sync()
         except OSError as exc:
             now = time.monotonic()
             if now - self._write_error_logged > 60:
@@ -91,8 +97,12 @@ class Flusher:
                     self.spool.max_bytes, drops["dropped"], drops["by_level"], drops["first_seq"], drops["last_seq"],
                 )
                 self._emit("events_dropped", "warning", drops)
+        if self._more_notices is not None and now - self._last_more_notice >= self.notice_interval:
+            self._last_more_notice = now
+            self._more_notices()
         if now - self._last_refusal_notice >= self.notice_interval:
             refusals = self._status.take_refusals()
             if refusals:
                 self._last_refusal_notice = now
                 self._emit("events_refused", "warning", refusals)
+

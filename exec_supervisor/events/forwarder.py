@@ -47,6 +47,7 @@ from typing import Any, Callable
 
 from .auth import AuthProblem, Credentials
 from .delivery import DEAD_LETTER_FILE, DeadLetterFile, DeliveryStatus
+from .execlines import ExecutorLines, line_body
 from .flusher import Flusher
 from .event import LEVEL_RANK, Event
 from .httpclient import Channel, TransportError
@@ -86,6 +87,8 @@ class EventForwarder:
         recovery_notice_after: float = 5.0,
         recent_size: int = 500,
         segment_bytes: int | None = None,
+        line_rate: float | None = None,
+        line_burst: float | None = None,
     ) -> None:
         self._config = config
         self._publish = publish
@@ -105,10 +108,18 @@ class EventForwarder:
         self.spool = Spool(config.state_dir / "events", config.events.spool_max_bytes, segment_bytes)
         for problem in self.spool.problems:
             log.warning("event spool: %s", problem)
+        # Executors' own log lines: a spool of their own, delivered after the supervisor's events.
+        self.lines = ExecutorLines(
+            config.state_dir, config.events.spool_max_bytes,
+            config.events.executor_lines_per_second if line_rate is None else line_rate,
+            config.events.executor_lines_burst if line_burst is None else line_burst, segment_bytes)
+        for problem in self.lines.problems:
+            log.warning("executor line spool: %s", problem)
         self._dead_letters = DeadLetterFile(config.state_dir)
         self._status = DeliveryStatus(self.spool.directory, recent_size)
         self._recent = self._status.recent  # sink() adds to it per event: one attribute lookup less
-        self._flusher = Flusher(self.spool, self._status, self._emit, flush_interval, notice_interval)
+        self._flusher = Flusher(self.spool, self._status, self._emit, flush_interval, notice_interval,
+                                more=(self.lines.spool,), notices=self._line_notices)
 
         self._wake = threading.Event()  # something to send, or stop/reload
         self._interrupt = threading.Event()  # cut a backoff wait short: stop/reload
@@ -143,10 +154,35 @@ class EventForwarder:
             self._flusher.write_failed(exc, self._status.lost)
             return
         self._recent.add(seq, level, payload)
+        lines = self.lines.spool
+        if lines.pending_bytes and self.spool.pending_bytes + lines.pending_bytes > self.spool.max_bytes:
+            lines.max_bytes = max(1, self.spool.max_bytes - self.spool.pending_bytes)  # the supervisor's first
         if self._running:
             self._wake.set()
         elif self._stopped:
             self._flusher.sync_quietly()  # no flusher thread any more: make late events durable now
+
+    def add_line(self, exec_id: str, level: str, message: str) -> bool:
+        """Spool one of an executor's own log lines (event loop). False: dropped (rate limit, full disk)."""
+        try:
+            added = self.lines.add(exec_id, level, message, self.spool.max_bytes - self.spool.pending_bytes)
+        except (OSError, ValueError) as exc:
+            self._flusher.write_failed(exc, self._status.lost)
+            return False
+        if added:
+            if self._running:
+                self._wake.set()
+            elif self._stopped:
+                self._flusher.sync_quietly()
+        return added
+
+    def _line_notices(self) -> None:
+        """Flusher thread: one warning event per instance whose lines were dropped since the last one."""
+        for exec_id, dropped in self.lines.take_drops().items():
+            book = self.lines.of(exec_id) or {}
+            self._publish(Event(event="executor_lines_dropped", level="warning", supervisor=self._name,
+                                exec_id=exec_id, detail={"dropped": dropped, "total": book.get("dropped", dropped),
+                                                         "rate": self.lines.rate}))
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -186,9 +222,10 @@ class EventForwarder:
         self._flusher.sync_quietly()
 
     def close(self, timeout: float = 0.0) -> None:
-        """stop() and release the spool (its lock and files); for tests and a final exit."""
+        """stop() and release the spools (their locks and files); for tests and a final exit."""
         self.stop(timeout)
         self.spool.close()
+        self.lines.spool.close()
 
     def reconfigure(self, config: Any) -> None:
         """Apply a reloaded config: host, auth and events settings, without a restart."""
@@ -196,6 +233,9 @@ class EventForwarder:
         self._language = config.events.language
         self._name = config.name
         self.spool.max_bytes = config.events.spool_max_bytes
+        self.lines.set_max_bytes(config.events.spool_max_bytes)
+        self.lines.rate = config.events.executor_lines_per_second
+        self.lines.burst = config.events.executor_lines_burst
         if config.state_dir != self._state_dir:
             log.warning(
                 "supervisor.state_dir changed to %s; the event spool stays in %s until the daemon restarts",
@@ -211,7 +251,9 @@ class EventForwarder:
 
     def backlog(self) -> dict[str, Any]:
         """Pending count and bytes, counters, state and last error: what the control API shows."""
-        return self._status.backlog(self.spool)
+        backlog = self._status.backlog(self.spool)
+        backlog["executor_lines"] = self.lines.summary()
+        return backlog
 
     def recent(self, n: int) -> list[dict[str, Any]]:
         return self._recent.last(n)
@@ -266,6 +308,9 @@ class EventForwarder:
             self._wake.clear()
             try:
                 record = self.spool.peek()
+                line = record is None
+                if line:  # the supervisor's events first: a flood of lines never holds them back
+                    record = self.lines.spool.peek()
             except OSError as exc:
                 self._status.last_error = f"cannot read the spool: {exc.strerror or exc}"
                 log.error("event forwarder: %s", self._status.last_error)
@@ -279,7 +324,7 @@ class EventForwarder:
                     return
                 self._wake.wait(30.0)  # sink(), stop() and reconfigure() wake it; no idle polling
                 continue
-            outcome, delay = self._deliver(record)
+            outcome, delay = self._deliver(record, line)
             if outcome == "sent":
                 continue
             if self._stopping:
@@ -310,8 +355,10 @@ class EventForwarder:
             self._channel = Channel(self._url)
         return self._channel
 
-    def _deliver(self, record: Record) -> tuple[str, float]:
-        """One attempt; returns (outcome, seconds to wait before the next attempt)."""
+    def _deliver(self, record: Record, line: bool = False) -> tuple[str, float]:
+        """One attempt; returns (outcome, seconds to wait before the next attempt).
+
+        line: an executor's line, posted as the executor would have ({"level", "message"})."""
         auth = self._auth
         assert auth is not None
         headers = {"Content-Type": "application/json"}
@@ -324,16 +371,21 @@ class EventForwarder:
         if token:
             headers["Authorization"] = "Bearer " + token
         try:
-            data = mark_delayed(record.data, time.time(), self._language)
+            # An executor's line goes out exactly as the executor would have posted it.
+            data = line_body(record.data) if line else mark_delayed(record.data, time.time(), self._language)
             response = self._http().post(self._url, data, headers, self._timeouts())
         except TransportError as exc:
             return self._failed(f"POST {self._url}: {exc}", exc.busy)
         status = response.status
         if 200 <= status < 300:
-            self.spool.ack(record.seq, record.level)
+            if line:
+                self.lines.spool.ack(record.seq, record.level)
+                self.lines.consumed(record, True)
+            else:
+                self.spool.ack(record.seq, record.level)
             auth.renewed = False
             self._failures = 0
-            self._status.sent(record)
+            self._status.sent(record, mark=not line)
             return "sent", 0.0
         detail = answer_detail(response)
         if status in (401, 403):
@@ -347,7 +399,7 @@ class EventForwarder:
             wait = retry_after(response)
             self._status.outage(f"POST {self._url}: {status} {detail}", self.backoff_max, "errors")
             return "retry", self._backoff(wait)
-        self._dead_letter(record, status, detail)
+        self._dead_letter(record, status, detail, line)
         return "dead", 0.0
 
     def _token(self, auth: Credentials) -> str | None:
@@ -383,7 +435,11 @@ class EventForwarder:
         self._status.wrong_endpoint(status, detail, location, self._config.path, self.slow_retry)
         return "retry", self.slow_retry
 
-    def _dead_letter(self, record: Record, status: int, detail: str) -> None:
+    def _dead_letter(self, record: Record, status: int, detail: str, line: bool = False) -> None:
         self._dead_letters.write(record, status, detail, self._url)
-        self.spool.ack(record.seq, record.level)
-        self._status.dead_lettered(record, status, detail, self._dead_letters.path)
+        if line:
+            self.lines.spool.ack(record.seq, record.level)
+            self.lines.consumed(record, False)
+        else:
+            self.spool.ack(record.seq, record.level)
+        self._status.dead_lettered(record, status, detail, self._dead_letters.path, mark=not line)

@@ -136,6 +136,11 @@ def _supervisor_en(e: "Event") -> str:
             f"the log API refused {d.get('refused', 0)} event(s) (last: {d.get('status')} {d.get('reason', '')}); "
             f"kept in {d.get('file', 'the dead-letter file')}"
         )
+    if kind == "executor_lines_dropped":
+        return (
+            f"the supervisor dropped {d.get('dropped', 0)} of this executor's log lines (over "
+            f"{d.get('rate')} lines/s, or the executor lines' share of the spool full; {d.get('total')} in all)"
+        )
     if kind == "delivery_recovered":
         what = {
             "refused": "accepts the supervisor's events again after refusing them for",
@@ -209,6 +214,11 @@ def _zh(e: "Event") -> str:
         return (
             f"日志接口拒收了 {d.get('refused', 0)} 条事件 (最后: {d.get('status')} {d.get('reason', '')}); "
             f"已保存到 {d.get('file', '死信文件')}"
+        )
+    if kind == "executor_lines_dropped":
+        return (
+            f"监督器丢弃了此执行器的 {d.get('dropped', 0)} 条日志 (超过每秒 {d.get('rate')} 条, "
+            f"或执行器日志的缓存份额已满; 累计 {d.get('total')} 条)"
         )
     if kind == "delivery_recovered":
         what = {

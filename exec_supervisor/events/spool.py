@@ -36,7 +36,7 @@ import fcntl
 import os
 import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from .event import LEVELS
 from .spoolfiles import (
@@ -88,6 +88,9 @@ class Spool:
         self._drops: dict[str, int] = {}
         self._drop_range: list[int] = []  # [first, last] seq dropped since the last report
         self.dropped_total = 0
+        # Called with each seq the cap drops (under the spool's lock: it must be quick, and not
+        # call the spool). The executor lines' books use it.
+        self.on_drop: Callable[[int], None] | None = None
         self.closed = False
         # Human-readable notes about what opening the spool had to repair.
         self.problems: list[str] = []
@@ -198,6 +201,8 @@ class Spool:
                 excess -= size
                 self._drops[stream.level] = self._drops.get(stream.level, 0) + 1
                 self.dropped_total += 1
+                if self.on_drop is not None:
+                    self.on_drop(seq)
                 if self._drop_range:
                     self._drop_range[0] = min(self._drop_range[0], seq)
                     self._drop_range[1] = max(self._drop_range[1], seq)

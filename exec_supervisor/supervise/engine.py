@@ -46,6 +46,7 @@ def secret_env_names(config: FarmConfig) -> tuple[str, ...]:
 class Engine:
     def __init__(self, config: FarmConfig, bus: EventBus) -> None:
         self.bus = bus
+        self.farm_env: dict[str, str] = {}  # set by the daemon's extensions (ET_LOG_SOCKET, ...)
         self.config = config  # sets base_env too
         # The bus's own method, not one that calls it: a frame less for each of a restart's events.
         self.publish: Callable[[Event], None] = bus.publish
@@ -87,7 +88,29 @@ class Engine:
         self._config = config
         self._secrets = secret_env_names(config)
         hidden = set(PRIVATE_ENV) | set(self._secrets)
-        self.base_env = osproc.encode_env({k: v for k, v in os.environ.items() if k not in hidden})
+        self.base_env = osproc.encode_env({**{k: v for k, v in os.environ.items() if k not in hidden},
+                                           **self.farm_env})
+
+    def set_farm_env(self, name: str, value: str) -> None:
+        """A variable every instance spawned from now on gets (a socket of the daemon's, say)."""
+        self.farm_env[name] = value
+        self.base_env[os.fsencode(name)] = os.fsencode(value)
+
+    def owner_of(self, pid: int) -> Instance | None:
+        """The instance a process belongs to: its main pid, process group or session leader, or
+        failing those (a grandchild that left both) the ET_EXEC_ID it inherited. None otherwise."""
+        instance = self._by_pid.get(pid)
+        if instance is not None:
+            return instance
+        try:
+            for leader in (os.getpgid(pid), os.getsid(pid)):
+                instance = self._by_pid.get(leader)
+                if instance is not None:
+                    return instance
+        except OSError:
+            return None
+        instance = self.instances.get(osproc.environ_value(pid, "ET_EXEC_ID") or "")
+        return instance if instance is not None and instance.pid is not None else None
 
     # ------------------------------------------------------------------ Host protocol
 

@@ -1,0 +1,77 @@
+"""The daemon extension that takes executors' log lines from the log socket into the spool.
+
+Started before the first reconcile, so every instance gets ET_LOG_SOCKET; stopped
+after the farm is down (lines written while instances stop still arrive). Each
+datagram's sender pid is mapped to its instance (``Engine.owner_of``): a process that
+is no instance's is refused (counted), and a line is always filed, and prefixed,
+under its real sender's exec id. Without event forwarding (``events.forward: false``)
+there is no socket and executors post directly, as before.
+
+It must not send anything to the service (the forwarder does) nor spawn anything.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from .linesocket import LineSocket, parse_line, socket_address
+
+__all__ = ["LogSocket", "ENV_LOG_SOCKET"]
+
+log = logging.getLogger("exec_supervisor")
+
+ENV_LOG_SOCKET = "ET_LOG_SOCKET"
+
+
+class LogSocket:
+    """Extension: start(daemon) / stopping(daemon) / stop(daemon)."""
+
+    def __init__(self) -> None:
+        self.socket: LineSocket | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._daemon: Any = None
+
+    async def start(self, daemon: Any) -> None:
+        if daemon.forwarder is None:
+            return
+        address = socket_address(daemon.config.state_dir)
+        try:
+            self.socket = LineSocket(address)
+        except OSError as exc:
+            log.error("cannot open the executors' log socket %s (%s); executors post their lines directly",
+                      address, exc.strerror or exc)
+            return
+        self._daemon = daemon
+        self._loop = asyncio.get_running_loop()
+        self._loop.add_reader(self.socket.fileno(), self._on_readable)
+        daemon.engine.set_farm_env(ENV_LOG_SOCKET, address)
+
+    def _on_readable(self) -> None:
+        sock, daemon = self.socket, self._daemon
+        if sock is None or daemon is None or daemon.forwarder is None:
+            return
+        forwarder, engine = daemon.forwarder, daemon.engine
+        for pid, data in sock.receive():
+            instance = engine.owner_of(pid)
+            line = parse_line(data)
+            if instance is None or line is None:
+                forwarder.lines.refused += 1
+                if forwarder.lines.refused in (1, 100, 10_000):
+                    log.warning("log socket: refused %d line(s) so far from processes that are no instance "
+                                "of this farm, or not a log line (last from pid %d)", forwarder.lines.refused, pid)
+                continue
+            forwarder.add_line(instance.spec.exec_id, line[0], line[1])
+
+    async def stopping(self, daemon: Any) -> None:
+        pass
+
+    async def stop(self, daemon: Any) -> None:
+        if self.socket is None:
+            return
+        self._on_readable()  # what the last instances wrote as they stopped
+        if self._loop is not None:
+            self._loop.remove_reader(self.socket.fileno())
+        self.socket.close()
+        self.socket = None
