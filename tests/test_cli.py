@@ -418,3 +418,21 @@ def test_progress_while_waiting(farm: Farm) -> None:
     assert re.search(rb"\r\x1b\[K[0-4]/4 restarted", term.output), term.output
     assert b"restarted: ET-A-0, ET-A-1, ET-A-2, ET-A-3" in term.output
     assert farm.stop() == 0
+
+
+def test_global_options_before_the_command_and_a_user_runtime_dir(farm: Farm, tmp_path: Path,
+                                                                   monkeypatch: Any) -> None:
+    runtime = tmp_path / "run"
+    runtime.mkdir()
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(runtime))  # the daemon and the clients below inherit it
+    farm.write({"A": sleeper(count=1)})
+    farm.stderr = open(farm.stderr_path, "ab")
+    farm.daemon = subprocess.Popen([sys.executable, "-m", "exec_supervisor.cli", "-c", str(farm.config_path), "start"],
+                                   stdout=farm.stderr, stderr=farm.stderr, stdin=subprocess.DEVNULL)
+    wait_until(lambda: list(runtime.glob("exec-supervisor/farm.yaml-*.json")), 20, what="the record in XDG_RUNTIME_DIR")
+    wait_until(lambda: cli(farm, "status", config_first=True).returncode == 0, 20, what="running")
+    farm.config_path.write_text("executors: [\n")  # broken: the record still leads to the daemon
+    assert "ET-A-0" in run_ok(farm, "status", config_first=True)
+    assert "stopped 1 instance" in run_ok(farm, "shutdown", config_first=True)
+    assert farm.stop() == 0
+    assert not list(runtime.glob("exec-supervisor/*.json")), "removed as the daemon exits"
