@@ -60,6 +60,9 @@ class StartBanner:
             f"  {prefix} status          from another terminal (also: logs all -f, scale, reload)",
             "  Ctrl-C stops the farm; a second Ctrl-C kills at once",
         ]
+        from ..events import locallog
+
+        locallog.flush()  # the start-up's event lines first, then these
         sys.stderr.write("\n".join(lines) + "\n")
         sys.stderr.flush()
 

@@ -94,6 +94,15 @@ def render_status(data: dict[str, Any], paint: Painter, states: set[str] | None 
     return "\n".join(lines)
 
 
+def human_seconds(value: Any) -> str:
+    if not isinstance(value, (int, float)):
+        return str(value)
+    for unit, size in (("h", 3600), ("m", 60)):
+        if value >= size and value % size == 0:
+            return f"{value / size:g}{unit}"
+    return f"{value:g}s"
+
+
 def render_describe(info: dict[str, Any], paint: Painter) -> str:
     now = time.time()
     state = str(info.get("state", "?"))
@@ -119,7 +128,9 @@ def render_describe(info: dict[str, Any], paint: Painter) -> str:
     field("log", info.get("log") or "-")
     policy = info.get("policy") or {}
     if policy:
-        field("policy", ", ".join(f"{k} {v}" for k, v in policy.items() if v is not None))
+        durations = ("start_seconds", "restart_window", "stop_timeout")
+        field("policy", ", ".join(f"{k} {human_seconds(v) if k in durations else v}"
+                                  for k, v in policy.items() if v is not None))
     env = info.get("env") or {}  # secret-looking values come masked by the daemon
     lines.append(f"  {'env:':<13}" + (info.get("env_note") or "") )
     width = max((len(name) for name in env), default=0)
