@@ -24,6 +24,7 @@ log = logging.getLogger("exec_supervisor")
 MEMORY_RELEASE_SECONDS = 10.0
 # Read from a SignalFd by the event loop (see run); blocked in every thread of the daemon.
 HANDLED_SIGNALS = (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR2)
+Shape = Callable[[config_mod.FarmConfig], config_mod.FarmConfig]
 
 
 class DaemonError(Exception):
@@ -83,7 +84,7 @@ def _prepare_dirs(cfg: config_mod.FarmConfig) -> None:
     for key, path in (("supervisor.state_dir", cfg.state_dir), ("supervisor.log_dir", cfg.log_dir)):
         try:
             path.mkdir(parents=True, exist_ok=True)
-            probe = path / ".write-test"
+            probe = path / f".write-test-{os.getpid()}"  # run-one processes share a log_dir
             probe.touch()
             probe.unlink()
         except OSError as exc:
@@ -92,10 +93,13 @@ def _prepare_dirs(cfg: config_mod.FarmConfig) -> None:
 
 class Daemon:
     def __init__(self, cfg: config_mod.FarmConfig, signals: osproc.SignalFd | None = None,
-                 resume: dict[str, Any] | None = None, inherited: dict[str, int] | None = None) -> None:
+                 resume: dict[str, Any] | None = None, inherited: dict[str, int] | None = None,
+                 shape: Shape | None = None) -> None:
         """signals: HANDLED_SIGNALS as a SignalFd; without one, asyncio's signal handlers (main thread only).
-        resume: the state an upgrading image handed over; inherited: the descriptors it kept open."""
+        resume: the state an upgrading image handed over; inherited: the descriptors it kept open.
+        shape: applied to the config at every (re)load (run-one keeps one instance of the farm this way)."""
         self.config = cfg
+        self.shape = shape
         self.resume = resume
         self.inherited = dict(inherited or {})
         self.lock: StateLock | None = None
@@ -243,6 +247,8 @@ class Daemon:
         """The config file as it is now, or the reasons it cannot be applied."""
         try:
             new = config_mod.load(self.config.path)
+            if self.shape is not None:
+                new = self.shape(new)
         except config_mod.ConfigError as exc:
             return None, [str(p) for p in exc.problems]
         for key in ("state_dir", "log_dir"):
@@ -453,16 +459,20 @@ def default_extensions() -> list[Callable[[], Any]]:
 
 
 def run(config_path: str, quiet: bool = False, extensions: list[Callable[[], Any]] | None = None,
-        resume: str | None = None, fds: str | None = None, start_args: list[str] | None = None) -> int:
+        resume: str | None = None, fds: str | None = None, start_args: list[str] | None = None,
+        shape: Shape | None = None) -> int:
     """Load, lock, and supervise until stopped. Raises ConfigError / DaemonError for the CLI to print.
 
     The default extensions are always installed; `extensions` adds more (factories, called on the loop).
     resume/fds: the handover file and kept descriptors of an in-place upgrade (see upgrade.py);
     start_args: the options of `start` an upgrade re-executes the daemon with (-q, --tail).
+    shape: a change made to the config at every (re)load (see Daemon).
     """
     inherited = upgrade_mod.parse_fds(fds)
     try:
         cfg = config_mod.load(config_path)
+        if shape is not None:
+            cfg = shape(cfg)
     except config_mod.ConfigError:
         if resume is not None:
             log.error("upgrade: the new image cannot load %s; the executors keep running and the next "
@@ -491,7 +501,7 @@ def run(config_path: str, quiet: bool = False, extensions: list[Callable[[], Any
         signals = None
     try:
         async def main() -> int:
-            daemon = Daemon(cfg, signals, resume=state, inherited=inherited)
+            daemon = Daemon(cfg, signals, resume=state, inherited=inherited, shape=shape)
             daemon.start_args = list(start_args or ())
             daemon.lock = lock
             daemon.extensions = [make() for make in [*default_extensions(), *(extensions or [])]]

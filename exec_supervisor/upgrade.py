@@ -69,6 +69,9 @@ def _shown(command: list[str]) -> str:
 def busy_reason(daemon: Any) -> str | None:
     """Why an upgrade cannot start now, or None."""
     engine = daemon.engine
+    if getattr(daemon, "shape", None) is not None:
+        # The new image would be a whole farm's `start`: run-one is replaced by its platform instead.
+        return "run-one does not upgrade in place; restart it (systemctl restart, a new pod)"
     if daemon.stopping or engine.stopping:
         return "the daemon is stopping"
     if not daemon.ready:

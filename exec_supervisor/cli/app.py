@@ -39,7 +39,8 @@ def load_or_exit(path: str, environ: dict[str, str] | None = None) -> Any:
 
 
 COMMAND_ORDER = ("start", "status", "describe", "logs", "scale", "stop", "restart", "signal", "reload", "events",
-                 "upgrade", "shutdown", "check", "systemd-unit", "dev-service")
+                 "upgrade", "shutdown", "check", "systemd-unit", "dev-service", "run-one", "export",
+                 "supervisord-listener")
 
 
 class Group(click.Group):

@@ -307,6 +307,9 @@ class FarmConfig:
     # Farm-wide bound on instances (configured and scaled): supervisor.max_instances or the machine's default.
     max_instances: int = 100_000
     on_restart: str = "adopt"  # supervisor.on_restart
+    # "files": each instance writes <log_dir>/<exec id>.log; "inherit": instances write to the
+    # supervisor's own stdout/stderr (run-one --log-to stdout, where a platform collects output).
+    output: Literal["files", "inherit"] = "files"
 
     @property
     def socket_path(self) -> Path:

@@ -51,7 +51,7 @@ class Engine:
         # The bus's own method, not one that calls it: a frame less for each of a restart's events.
         self.publish: Callable[[Event], None] = bus.publish
         self.supervisor_name = config.name
-        self.log_dir = config.log_dir
+        self.log_dir: Path | None = config.log_dir if config.output == "files" else None
         self.instances: dict[str, Instance] = {}
         self.timers = SlackTimers()
         # Runtime overrides: id sets set by `scale` (and when), instances held stopped by `stop`.
@@ -416,7 +416,7 @@ class Engine:
         # by a library) took and discarded is still reaped, if late.
         self.on_child_exits()
         for instance in self.instances.values():
-            if instance.pid is None:
+            if instance.pid is None or instance.log_file is None:
                 continue
             try:
                 if osproc.file_size(instance.log_file) > instance.policy.log_max_bytes:

@@ -52,7 +52,7 @@ class Host(Protocol):
     """What an instance needs from its engine (kept narrow so instance never imports engine)."""
 
     supervisor_name: str
-    log_dir: Path
+    log_dir: Path | None  # None: instances inherit the supervisor's stdout and stderr
 
     timers: SlackTimers
 
@@ -91,7 +91,9 @@ class Instance:
         self.last_exit: dict[str, Any] | None = None
         # A str, and log_path the Path made from it on demand: a Path per instance costs a farm
         # its memory, and one made per instance at every log check costs it idle CPU.
-        self.log_file = os.path.join(host.log_dir, f"{spec.exec_id}.log")
+        self.log_file: str | None = (
+            os.path.join(host.log_dir, f"{spec.exec_id}.log") if host.log_dir is not None else None
+        )
         self._log_offset = 0
         self._timer: Cancellable | None = None
         self._pgid = 0  # the main process's pid: it leads its own session and group
@@ -106,8 +108,8 @@ class Instance:
         self.history: tuple[tuple[float, State, str], ...] = ()
 
     @property
-    def log_path(self) -> Path:
-        return Path(self.log_file)
+    def log_path(self) -> Path | None:
+        return Path(self.log_file) if self.log_file is not None else None
 
     # ------------------------------------------------------------------ commands
 
@@ -267,7 +269,7 @@ class Instance:
         self._set_state(State.STARTING, reason)
         spec = self.spec
         env = self.host.spawn_env(spec)
-        self._log_offset = osproc.file_size(self.log_file)
+        self._log_offset = osproc.file_size(self.log_file) if self.log_file is not None else 0
         self.started_at = time.monotonic()
         self.started_wall = time.time()
         self.started_boottime = time.clock_gettime(time.CLOCK_BOOTTIME)
@@ -413,7 +415,9 @@ class Instance:
                     self._timer = self.host.after_exits(self._restart_now)
         self._wake_rest_waiters()
 
-    def _output_tail(self) -> str:
+    def _output_tail(self) -> str | None:
+        if self.log_file is None:  # output goes to the supervisor's stdout: no tail to quote
+            return None
         return osproc.read_tail(self.log_file, self._log_offset, CRASH_TAIL_LINES, OUTPUT_TAIL_MAX_BYTES)
 
     def _cancel_timer(self) -> None:

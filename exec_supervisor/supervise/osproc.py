@@ -75,8 +75,11 @@ def encode_env(env: Mapping[str, str] | Iterable[tuple[str, str]]) -> dict[bytes
     return {name.encode(_FS_ENCODING, _FS_ERRORS): value.encode(_FS_ENCODING, _FS_ERRORS) for name, value in items}
 
 
-def spawn(argv: tuple[str, ...], env: Mapping[str, str] | Mapping[bytes, bytes], cwd: str, log_path: str) -> int:
+def spawn(argv: tuple[str, ...], env: Mapping[str, str] | Mapping[bytes, bytes], cwd: str,
+          log_path: str | None) -> int:
     """Start argv in its own session (pgid = pid) with stdout+stderr appended to log_path; returns the pid.
+
+    log_path None: the child keeps the daemon's stdout and stderr (run-one in a container).
 
     posix_spawn (vfork + exec in glibc) costs the daemon a quarter of what subprocess.Popen
     does. The child writes the log file itself: the daemon relays no bytes. posix_spawn has
@@ -96,7 +99,7 @@ def spawn(argv: tuple[str, ...], env: Mapping[str, str] | Mapping[bytes, bytes],
                 (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
                 (os.POSIX_SPAWN_OPEN, 1, log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644),
                 (os.POSIX_SPAWN_DUP2, 1, 2),
-            ],
+            ] if log_path is not None else [(os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0)],
             setsid=True,
             setsigdef=_DEFAULT_IN_CHILD,
             setsigmask=(),  # the daemon blocks the signals it reads from a SignalFd; executors must not

@@ -42,6 +42,9 @@ def log_files(ctl: ControlServer, target: str) -> list[tuple[str, Path]]:
     engine = ctl.engine
     if not isinstance(target, str) or not target:
         raise ApiError(400, "target must be 'all', a type name (HelloWorld) or an exec id (ET-HelloWorld-3)")
+    if engine.log_dir is None:
+        raise ApiError(404, "the instances write to the supervisor's stdout (run-one --log-to stdout): "
+                            "no log file to read")
     log_dir = Path(ctl.daemon.config.log_dir)
     if EXEC_ID_RE.fullmatch(target):
         instance = engine.instances.get(target)
