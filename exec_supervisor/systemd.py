@@ -209,6 +209,29 @@ class SdNotify:
 # --------------------------------------------------------------------------- unit file
 
 
+# In the farm's unit and in every unit `export systemd` writes.
+HARDENING = """\
+# Hardening that executors do not notice. Left out on purpose:
+#   ProtectHome=   executors (or their models, venvs, caches) often live under /home
+#   PrivateTmp=    executors share /tmp with other programs on the host (sockets, hand-offs)
+#   PrivateDevices=, ProtectClock=, DeviceAllow=   close /dev (ProtectClock implies a DeviceAllow
+#                  list): GPU executors need /dev/nvidia*, /dev/dri
+#   MemoryDenyWriteExecute=, RestrictNamespaces=, SystemCallFilter=   break JITs and sandboxes
+# ProtectSystem=full makes /usr, /boot and /etc read-only: keep state and logs out of /etc.
+# NoNewPrivileges=yes: executors cannot gain privileges through setuid programs (sudo).
+NoNewPrivileges=yes
+ProtectSystem=full
+ProtectKernelTunables=yes
+ProtectKernelModules=yes
+ProtectKernelLogs=yes
+ProtectControlGroups=yes
+ProtectHostname=yes
+RestrictSUIDSGID=yes
+RestrictRealtime=yes
+LockPersonality=yes
+"""
+
+
 def executable_command() -> list[str]:
     """How systemd should start this installation: the console script next to this interpreter."""
     beside = Path(sys.executable).parent / "exec-supervisor"
@@ -230,6 +253,10 @@ def _quote(arg: str) -> str:
 
 def _seconds(value: float) -> str:
     return str(int(value)) if float(value).is_integer() else f"{value:.3f}".rstrip("0")
+
+
+quote_word = _quote  # for export/systemd.py
+seconds_text = _seconds
 
 
 def render_unit(
@@ -308,25 +335,7 @@ SyslogIdentifier=exec-supervisor
 #User=exec-supervisor
 #Group=exec-supervisor
 
-# Hardening that executors do not notice. Left out on purpose:
-#   ProtectHome=   executors (or their models, venvs, caches) often live under /home
-#   PrivateTmp=    executors share /tmp with other programs on the host (sockets, hand-offs)
-#   PrivateDevices=, ProtectClock=, DeviceAllow=   close /dev (ProtectClock implies a DeviceAllow
-#                  list): GPU executors need /dev/nvidia*, /dev/dri
-#   MemoryDenyWriteExecute=, RestrictNamespaces=, SystemCallFilter=   break JITs and sandboxes
-# ProtectSystem=full makes /usr, /boot and /etc read-only: keep state and logs out of /etc.
-# NoNewPrivileges=yes: executors cannot gain privileges through setuid programs (sudo).
-NoNewPrivileges=yes
-ProtectSystem=full
-ProtectKernelTunables=yes
-ProtectKernelModules=yes
-ProtectKernelLogs=yes
-ProtectControlGroups=yes
-ProtectHostname=yes
-RestrictSUIDSGID=yes
-RestrictRealtime=yes
-LockPersonality=yes
-
+{HARDENING}
 [Install]
 WantedBy=multi-user.target
 """

@@ -7,7 +7,8 @@
     upgrade_cmds.py upgrade (in place), and the check the daemon runs before one
     view_cmds.py    status (--state, --watch, exit code 4)
     log_cmds.py     logs, events
-    fleet_cmds.py   run-one, export kubernetes|systemd|supervisord, supervisord-listener
+    fleet_cmds.py   run-one, supervisord-listener
+    export_cmds.py  export kubernetes|systemd|supervisord
     render.py       status table and describe sheet; style.py colours; progress.py live counts
     completion.py   shell completion of type names and exec ids from the running daemon
     tail.py         `start --tail`: the instances' log files, interleaved with prefixes
@@ -18,7 +19,7 @@ Exit codes: 0 done, 1 the daemon could not do it, 2 bad usage or bad config, 3 n
 
 from __future__ import annotations
 
-from . import daemon_cmds, farm_cmds, fleet_cmds, log_cmds, upgrade_cmds, view_cmds  # noqa: F401  (each adds its commands)
+from . import daemon_cmds, export_cmds, farm_cmds, fleet_cmds, log_cmds, upgrade_cmds, view_cmds  # noqa: F401  (each adds its commands)
 from .app import main
 
 __all__ = ["main"]

@@ -54,3 +54,22 @@ def run_one(config: str, exec_id: str | None, type_name: str | None, instance_id
     except daemon.DaemonError as exc:
         fail(f"exec-supervisor: {exc}", exc.exit_code)
     sys.exit(code)
+
+
+@main.command("supervisord-listener")
+@click.argument("config", type=click.Path(dir_okay=False))
+def supervisord_listener(config: str) -> None:
+    """supervisord's event listener: PROCESS_STATE events -> lifecycle events on the log API.
+
+    Run by supervisord ([eventlistener:exec-supervisor], see `export supervisord`); it talks
+    the listener protocol on stdin/stdout, so it is not for a terminal.
+    """
+    from .. import config as config_mod, supervisordlistener
+
+    try:
+        code = supervisordlistener.run(config)
+    except config_mod.ConfigError as exc:
+        for problem in exc.problems:
+            click.echo(str(problem), err=True)
+        sys.exit(EXIT_USAGE)
+    sys.exit(code)
