@@ -262,7 +262,7 @@ class Daemon:
         dropped = []
         for type_name in self.engine.scaled:
             old, fresh = self.config.executors.get(type_name), new.executors.get(type_name)
-            if fresh is None or old is None or fresh.id_list != old.id_list:
+            if fresh is None or old is None or fresh.id_list != old.id_list or fresh.hosts != old.hosts:
                 dropped.append(type_name)
         return dropped
 
@@ -478,6 +478,9 @@ def run(config_path: str, quiet: bool = False, extensions: list[Callable[[], Any
             log.error("upgrade: the new image cannot load %s; the executors keep running and the next "
                       "`exec-supervisor start` adopts them", config_path)
         raise
+    share_problem = cfg.share_problem()
+    if share_problem:  # a typo in supervisor.name or hosts: must not quietly run nothing
+        raise DaemonError(share_problem, 2)
     _prepare_dirs(cfg)
     lock = StateLock(cfg.state_dir)
     if "lock" not in inherited or not lock.adopt(inherited.pop("lock")):

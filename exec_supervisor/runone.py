@@ -98,7 +98,7 @@ def restrict(cfg: FarmConfig, type_name: str, instance_id: int, state_dir: Path 
     if type_name not in cfg.executors:
         raise ConfigError([Problem(str(cfg.path), None, f"executors.{type_name}",
                                    "the type run-one runs is gone from the config")])
-    executor = cfg.executors[type_name].model_copy(update={"ids": (instance_id,), "count": None})
+    executor = cfg.executors[type_name].model_copy(update={"ids": (instance_id,), "count": None, "hosts": None})
     exec_id = f"ET-{type_name}-{instance_id}"
     own_state = state_dir if state_dir is not None else cfg.state_dir / exec_id
     return dataclasses.replace(

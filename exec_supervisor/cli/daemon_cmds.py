@@ -125,14 +125,25 @@ def start(what: str | None, quiet: bool, tail: bool, config_path: str | None, so
 @main.command()
 @click.argument("config", type=click.Path(dir_okay=False), required=False)
 @click.option("-c", "--config", "config_path", metavar="PATH", default=None, help="The same as CONFIG.")
-def check(config: str | None, config_path: str | None) -> None:
+@click.option("--host", metavar="NAME", default=None,
+              help="With hosts: shares, the plan of the daemon whose supervisor.name is NAME.")
+def check(config: str | None, config_path: str | None, host: str | None) -> None:
     """Validate CONFIG and print the planned instances (and any runtime scale a daemon would keep)."""
+    import dataclasses
+
     from ..config.checks import shown_argv
     from ..daemon import scale_override_note
     from ..supervise.overrides import read_overrides
 
     config = config or resolve_target(config_path, None)[0]
     cfg = load_or_exit(config)
+    if host is not None:
+        cfg = dataclasses.replace(cfg, name=host)
+    if cfg.host_names():
+        click.echo(f"host {cfg.name} (known: {', '.join(cfg.host_names())})")
+    share_problem = cfg.share_problem()
+    if share_problem:
+        fail(share_problem, EXIT_USAGE)
     planned = cfg.planned()
     width = max((len(spec.exec_id) for spec in planned), default=7)
     click.echo(f"{'EXEC ID':<{width}}  COMMAND")
@@ -142,7 +153,7 @@ def check(config: str | None, config_path: str | None) -> None:
         f"{cfg.path}: OK: {plural(len(planned), 'instance')} of {plural(len(cfg.executors), 'type')}; "
         f"state in {cfg.state_dir}, logs in {cfg.log_dir}"
     )
-    for warning in cfg.secret_env_warnings():
+    for warning in cfg.secret_env_warnings() + cfg.hosts_warnings():
         click.echo("warning: " + warning)
     scaled, scaled_at, held = read_overrides(cfg.state_dir)
     for type_name, ids in scaled.items():

@@ -11,6 +11,18 @@ import click
 from .app import EXIT_USAGE, fail, load_or_exit, main
 
 
+def _as_host(cfg: object, host: str | None) -> object:
+    """The config as the daemon named host sees it (hosts: shares); refuses a name with no share."""
+    import dataclasses
+
+    if host is not None:
+        cfg = dataclasses.replace(cfg, name=host)  # type: ignore[type-var]
+    problem = cfg.share_problem()  # type: ignore[attr-defined]
+    if problem:
+        fail(f"exec-supervisor export: {problem}", EXIT_USAGE)
+    return cfg
+
+
 @main.group("export")
 def export() -> None:
     """Print the farm as Kubernetes manifests, systemd units or a supervisord config.
@@ -60,7 +72,8 @@ def export_kubernetes(config: str, image: str, namespace: str | None, auth_secre
 @click.argument("config", type=click.Path(dir_okay=False))
 @click.option("--dir", "out_dir", required=True, type=click.Path(file_okay=False),
               help="Folder to write the units into (e.g. /etc/systemd/system).")
-def export_systemd(config: str, out_dir: str) -> None:
+@click.option("--host", metavar="NAME", default=None, help="With hosts: shares, the target wants NAME's share.")
+def export_systemd(config: str, out_dir: str, host: str | None) -> None:
     """Template units et-<type>@.service (run-one --id %i) and <farm>.target wanting every instance."""
     import os
     from pathlib import Path
@@ -71,7 +84,7 @@ def export_systemd(config: str, out_dir: str) -> None:
 
     # Read the config the way the units will: with systemd's StateDirectory / LogsDirectory.
     environ = {**os.environ, "STATE_DIRECTORY": systemd.STATE_DIRECTORY, "LOGS_DIRECTORY": systemd.LOGS_DIRECTORY}
-    cfg = load_or_exit(config, environ)
+    cfg = _as_host(load_or_exit(config, environ), host)
     try:
         files = units.units(cfg, executable())
     except ExportError as exc:
@@ -90,12 +103,13 @@ def export_systemd(config: str, out_dir: str) -> None:
 
 @export.command("supervisord")
 @click.argument("config", type=click.Path(dir_okay=False))
-def export_supervisord(config: str) -> None:
+@click.option("--host", metavar="NAME", default=None, help="With hosts: shares, the programs of NAME's share.")
+def export_supervisord(config: str, host: str | None) -> None:
     """A supervisord.conf fragment: [program:et-<type>] per id range and the event listener."""
     from ..export import supervisord
     from ..export.common import ExportError, auth_env_names
 
-    cfg = load_or_exit(config)
+    cfg = _as_host(load_or_exit(config), host)
     try:
         text = supervisord.render(cfg)
     except ExportError as exc:

@@ -15,7 +15,7 @@ DEFAULT_ARGS = ("--service-host", "{service_host}", "--id", "{id}")
 # Set by the supervisor for every instance; a config may not set them.
 RESERVED_ENV = ("ET_EXEC_ID", "ET_NAME", "ET_ID", "ET_SERVICE_HOST")
 # Keys that only make sense per type (see _check_defaults).
-PER_TYPE_KEYS = ("command", "ids", "count")
+PER_TYPE_KEYS = ("command", "ids", "count", "hosts")
 MAX_IDS = 100_000  # per type; a typo like 0-1000000 must not eat the machine
 MAX_DURATION = 365 * 86400.0
 # Bounds that keep every instance spawnable: ET-<Name>-<id>.log.<backup> stays far below

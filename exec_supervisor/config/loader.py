@@ -130,9 +130,28 @@ def _check_type(
     if program is not None:
         script_at = path + ("command", 1) if command_is_list else path + ("command",)
         check_script(collector, script_at, executor, cwd)
+    if executor.hosts is not None:
+        _check_hosts(collector, path, executor)
     if program is None or not usable:
         return None
     return executor.model_copy(update={"cwd": cwd}), program
+
+
+def _check_hosts(collector: Collector, path: tuple[Any, ...], executor: ExecutorType) -> None:
+    """Each share within the type's ids, and no id in two shares (it would run on both hosts)."""
+    known = set(executor.id_list)
+    owner: dict[int, str] = {}
+    for host, ids in (executor.hosts or {}).items():
+        outside = [i for i in ids if i not in known]
+        if outside:
+            collector.add(path + ("hosts", host), f"ids {', '.join(map(str, outside[:10]))} are not in this "
+                                                  "type's ids")
+        twice = [(i, owner[i]) for i in ids if i in owner]
+        if twice:
+            collector.add(path + ("hosts", host), f"id {twice[0][0]} is also in the share of {twice[0][1]}; "
+                                                  "each id runs on one host")
+        for i in ids:
+            owner.setdefault(i, host)
 
 
 def _check_argv(

@@ -27,7 +27,8 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from .constants import AUTH_ENV_NAME_RE, DEFAULT_ARGS, MAX_IDS, MAX_NAME_LENGTH, RESERVED_ENV, SHOWN_KEY_RE
-from .values import Command, Duration, IdSet, Int, PathText, Signal, Size, no_nul, none_is_empty, show_value, split_command
+from .values import (Command, Duration, IdSet, Int, PathText, Signal, Size, no_nul, none_is_empty, parse_ids, show_value,
+                     split_command)
 
 
 class Strict(BaseModel):
@@ -111,10 +112,29 @@ def env_name_shown(name: Any) -> str:
     return "<name not shown>"
 
 
+def _hosts_map(value: Any) -> Any:
+    """hosts: {gpu-01: 0-9, gpu-02: "10-19"}: which daemon (by supervisor.name) runs which ids."""
+    if value is None:
+        return None
+    if not isinstance(value, dict) or not value:
+        raise ValueError("expected a map of host name: ids, like {gpu-01: 0-9, gpu-02: 10-19}")
+    shares: dict[str, tuple[int, ...]] = {}
+    for host, ids in value.items():
+        if not isinstance(host, str) or not host or not host.isprintable() or any(c.isspace() for c in host):
+            raise ValueError(f"{show_value(host)} is not a host name (supervisor.name of the daemon that runs the ids)")
+        try:
+            shares[host] = parse_ids(ids)
+        except ValueError as exc:
+            raise ValueError(f"{host}: {exc}") from None
+    return shares
+
+
 class ExecutorType(ExecutorSettings):
     command: Command
     ids: IdSet | None = None
     count: Annotated[Int, Field(ge=0, le=MAX_IDS)] | None = None
+    # Shares of the ids per host (supervisor.name); None: every daemon runs every id.
+    hosts: Annotated[dict[str, tuple[int, ...]] | None, BeforeValidator(_hosts_map)] = None
 
     @field_validator("command")
     @classmethod
@@ -317,7 +337,38 @@ class FarmConfig:
         return Path(self.control.socket) if self.control.socket else self.state_dir / "control.sock"
 
     def ids_of(self, type_name: str) -> tuple[int, ...]:
-        return self.executors[type_name].id_list
+        """The ids this daemon runs: all of the type's, or with hosts: the share of supervisor.name."""
+        executor = self.executors[type_name]
+        if executor.hosts is None:
+            return executor.id_list
+        return executor.hosts.get(self.name, ())
+
+    def host_names(self) -> list[str]:
+        """Every host name that has a share of some type."""
+        return sorted({host for executor in self.executors.values() for host in (executor.hosts or {})})
+
+    def share_problem(self) -> str | None:
+        """Why this daemon would run nothing: its name matches no share (a typo must not run nothing quietly)."""
+        names = self.host_names()
+        if not names or self.name in names or any(self.ids_of(t) for t in self.executors):
+            return None
+        return (f"{self.path.name}: supervisor.name {self.name!r} matches no share in hosts: (known: "
+                f"{', '.join(names)}), so this daemon would run no instance; set supervisor.name (default: "
+                "the host name) to one of them")
+
+    def hosts_warnings(self) -> list[str]:
+        """Ids of a type with hosts: that no host runs."""
+        found = []
+        for type_name, executor in self.executors.items():
+            if executor.hosts is None:
+                continue
+            shared = {i for ids in executor.hosts.values() for i in ids}
+            left = [i for i in executor.id_list if i not in shared]
+            if left:
+                shown = ", ".join(str(i) for i in left[:10]) + (" ..." if len(left) > 10 else "")
+                found.append(f"{self.path}: executors.{type_name}.hosts: ids {shown} are in no host's share: "
+                             "no daemon runs them")
+        return found
 
     def instance_spec(self, type_name: str, instance_id: int) -> InstanceSpec:
         """The spec of one instance (which need not be in the configured id set: scale adds ids)."""
@@ -357,8 +408,8 @@ class FarmConfig:
     def planned(self) -> list[InstanceSpec]:
         return [
             self.instance_spec(name, instance_id)
-            for name, executor in self.executors.items()
-            for instance_id in executor.id_list
+            for name in self.executors
+            for instance_id in self.ids_of(name)
         ]
 
 

@@ -68,7 +68,7 @@ def program_sections(cfg: FarmConfig, type_name: str) -> list[tuple[str, dict[st
     restart = {"always": "true", "on-failure": "unexpected", "never": "false"}[executor.restart]
     retries = executor.max_restarts if executor.max_restarts is not None else RETRIES_FOREVER
     sections = []
-    for index, (first, last) in enumerate(id_ranges(executor.id_list)):
+    for index, (first, last) in enumerate(id_ranges(cfg.ids_of(type_name))):  # with hosts: this host's share
         name = f"et-{type_name.lower()}" + (f"-{first}" if index else "")
         sections.append((f"program:{name}", {
             "command": program_command(cfg, type_name),
@@ -100,6 +100,8 @@ def render(cfg: FarmConfig, command: list[str] | None = None) -> str:
     parser.optionxform = str  # type: ignore[assignment, method-assign]  # keep keys as written
     seen: dict[str, str] = {}
     for type_name in cfg.executors:
+        if not cfg.ids_of(type_name):
+            continue  # numprocs cannot be 0
         for section, values in program_sections(cfg, type_name):
             if section in seen:
                 raise ExportError(f"{cfg.path.name}: executors.{type_name}: [{section}] clashes with one of "

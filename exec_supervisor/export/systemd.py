@@ -104,7 +104,8 @@ WantedBy=multi-user.target
 
 def units(cfg: FarmConfig, command: list[str], ids: dict[str, tuple[int, ...]] | None = None) -> dict[str, str]:
     """File name -> text. ids: the instances the target wants (default: every configured id)."""
-    chosen = ids if ids is not None else {name: executor.id_list for name, executor in cfg.executors.items()}
+    # With hosts:, this host's share (supervisor.name, or the command's --host).
+    chosen = ids if ids is not None else {name: cfg.ids_of(name) for name in cfg.executors}
     seen: dict[str, str] = {}
     files: dict[str, str] = {}
     for type_name in cfg.executors:

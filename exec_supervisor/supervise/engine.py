@@ -192,7 +192,7 @@ class Engine:
         scaled = self.scaled if scaled is None else scaled
         wanted: dict[str, tuple[InstanceSpec, ExecutorType]] = {}
         for type_name, executor in config.executors.items():
-            for instance_id in scaled.get(type_name, executor.id_list):
+            for instance_id in (scaled[type_name] if type_name in scaled else config.ids_of(type_name)):
                 spec = config.instance_spec(type_name, instance_id)
                 wanted[spec.exec_id] = (spec, executor)
         return wanted

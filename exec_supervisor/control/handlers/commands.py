@@ -73,6 +73,7 @@ async def scale(ctl: ControlServer, request: Request) -> Response:
         else:
             raise ApiError(400, f"{type_name}: expected a count (like 10) or ids (like \"0-4,10\"), "
                                 f"got {json.dumps(value)[:60]}")
+    plan = [_within_share(engine.config, *step) for step in plan]
     results = []
     for type_name, wanted, ids in plan:
         results.append(await engine.scale(type_name, count=wanted, ids=ids))
@@ -87,6 +88,36 @@ async def scale(ctl: ControlServer, request: Request) -> Response:
         if lagging:
             answer["error"] = f"{len(lagging)} instance(s) did not reach their target in time"
     return _json(answer)
+
+
+def _within_share(config: Any, type_name: str, count: int | None,
+                  ids: tuple[int, ...] | None) -> tuple[str, int | None, tuple[int, ...] | None]:
+    """With hosts:, a scale stays within this host's share: a count takes the share's first ids."""
+    executor = config.executors[type_name]
+    if executor.hosts is None:
+        return type_name, count, ids
+    share = config.ids_of(type_name)
+    shown = ", ".join(f"{a}-{b}" if a != b else str(a) for a, b in _ranges(share)) or "none"
+    if count is not None:
+        if count > len(share):
+            raise ApiError(400, f"{type_name}: this host ({config.name}) runs ids {shown} of hosts: ({len(share)}); "
+                                f"scale to at most {len(share)} here, or change hosts: in the config")
+        return type_name, None, share[:count]
+    outside = sorted(set(ids or ()) - set(share))
+    if outside:
+        raise ApiError(400, f"{type_name}: ids {', '.join(map(str, outside[:10]))} are not in this host's share "
+                            f"({config.name}: {shown}); another host runs them, or change hosts: in the config")
+    return type_name, None, ids
+
+
+def _ranges(ids: tuple[int, ...]) -> list[tuple[int, int]]:
+    found: list[tuple[int, int]] = []
+    for value in ids:
+        if found and value == found[-1][1] + 1:
+            found[-1] = (found[-1][0], value)
+        else:
+            found.append((value, value))
+    return found
 
 
 async def _command_args(ctl: ControlServer,
