@@ -59,3 +59,16 @@ def test_units_verify_and_the_target_wants_every_instance(tmp_path: Path) -> Non
 
 def test_the_shipped_unit_still_renders_with_the_shared_hardening() -> None:
     assert (ROOT / "configs" / "exec-supervisor.service").read_text() == systemd.render_unit()
+
+
+@needs_analyze
+def test_the_example_farm_verifies_as_systemd_units(tmp_path: Path) -> None:
+    out = tmp_path / "units"
+    done = export(ROOT / "configs" / "farm.yaml", out)
+    assert done.returncode == 0, done.stderr
+    (out / "et-helloworld@2.service").symlink_to(out / "et-helloworld@.service")
+    verify = subprocess.run(["systemd-analyze", "verify", str(out / "farm.target"), str(out / "et-helloworld@2.service")],
+                            capture_output=True, text=True, timeout=120)
+    assert verify.returncode == 0 and verify.stderr.strip() == "", verify.stderr
+    assert "Wants=et-helloworld@0.service et-helloworld@1.service et-helloworld@2.service et-helloworld@3.service" \
+        in (out / "farm.target").read_text()
