@@ -347,7 +347,7 @@ class ExecSupervisor(Adapter):
             "events": {"forward": farm.forward_events},
             "defaults": defaults,
             "executors": {TYPE_NAME: {"command": farm.argv, "args": [], "count": farm.count,
-                                      "env": farm.env}},
+                                      "env": farm.env, **dict(farm.extra.get("executor_keys") or {})}},
         }
         # JSON is valid YAML and needs no quoting rules of our own
         self._conf(workdir).write_text(json.dumps(conf, indent=2) + "\n")

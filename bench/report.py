@@ -192,6 +192,14 @@ def targets(rows: list[dict[str, Any]], meta: dict[str, Any]) -> list[tuple[str,
         stt < 0.3, " ms")
     se, n = get("stop-early", "stop_s")
     add("stop early: everything gone promptly (< 2 s)", se, n, se < 2, " s")
+    # health: against the plain idle figure of the same run (same N, same machine, same minutes)
+    base, n = get("health", "idle_cpu_pct")
+    wd, _ = get("health", "watchdog_cpu_pct", ES, n)
+    add("N instances sending WATCHDOG=1 every second: CPU < 5 %", wd, n, wd < 5,
+        f" % (idle in the same run: {fmt(base)} %)")
+    mm, _ = get("health", "max_memory_cpu_pct", ES, n)
+    add("N instances under max_memory sampling: idle CPU <= 0.3 %", mm, n, mm <= 0.3,
+        f" % (idle in the same run: {fmt(base)} %)")
     return out
 
 

@@ -128,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     for name, why in unavailable.items():
         log(f"skipping {name}: {why}")
     active = [a for a in adapters if a.name not in unavailable]
-    obs.matchers.extend([wl.SLEEPER_ARGV, wl.CHURN_ARGV,
+    obs.matchers.extend([wl.SLEEPER_ARGV, wl.CHURN_ARGV, wl.HEARTBEAT_ARGV,
                          [sys.executable, str(BENCH / "programs" / "chatty.py")]])
 
     rows: list[dict[str, Any]] = []
@@ -178,6 +178,11 @@ def main(argv: list[str] | None = None) -> int:
                 if ad.name in ("limit", "circus-cd0.1"):
                     continue  # no control interface / same commands as plain circus
                 guarded(f"scale N={params.scale_n}: {ad.name}", wl.scale, ctx, params, ad, rows)
+        if "health" in which:
+            for rep in range(params.repeats):
+                for ad in active:
+                    if ad.name == "exec-supervisor":  # readiness, watchdog, max_memory: no peer has them
+                        guarded(f"health N={max(params.ns)} rep {rep + 1}: {ad.name}", wl.health, ctx, params, ad, rows)
         if "nofile" in which and params.nofile_n and any(a.name == "supervisord" for a in active):
             guarded(f"nofile probe N={params.nofile_n}: supervisord at soft limit 1024",
                     wl.nofile, ctx, params, rows)

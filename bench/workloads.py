@@ -28,6 +28,7 @@ from session import Ctx, Session, run_cmd
 
 SLEEP = "/bin/sleep"
 SLEEPER_ARGV = [SLEEP, "100000"]
+HEARTBEAT_ARGV = ["/usr/bin/perl", str(BENCH / "programs" / "heartbeat.pl")]
 CHURN_ARGV = ["/bin/sh", str(BENCH / "programs" / "churn.sh")]
 
 
@@ -73,7 +74,7 @@ MODES: dict[str, Params] = {
 }
 
 WORKLOADS = ["spawn", "idle", "restart", "stop", "churn", "chatty", "events", "stop-early",
-             "scale", "nofile"]
+             "scale", "nofile", "health"]
 SESSION_WORKLOADS = {"spawn", "idle", "restart", "stop"}
 
 
@@ -416,3 +417,36 @@ def nofile(ctx: Ctx, p: Params, rows: list[dict[str, Any]]) -> None:
         _row(rows, "nofile", "alive_at_1024", n, ad.name, "instances", "higher", [s.alive()],
              note="RLIMIT_NOFILE soft 1024, minfds 1024; counted 2 s after the wait for all gave up")
         s.stop(timeout=30)
+
+
+# =================================================================== 10: health (exec-supervisor only)
+
+HEALTH_VARIANTS = (
+    # (metric, instance argv, executor keys): the baseline is plain idle, measured in the same run
+    ("idle_cpu_pct", SLEEPER_ARGV, {}),
+    ("watchdog_cpu_pct", HEARTBEAT_ARGV, {"ready": "notify", "watchdog": "30s"}),
+    ("max_memory_cpu_pct", SLEEPER_ARGV, {"max_memory": "1GiB"}),
+)
+
+
+def health(ctx: Ctx, p: Params, ad: Adapter, rows: list[dict[str, Any]]) -> None:
+    """N instances idle; N each sending WATCHDOG=1 every second; N under max_memory sampling.
+
+    The daemon's CPU over the idle window in each, so the two health figures stand next to
+    the idle figure of the same run (targets: heartbeats < 5 % of a core, sampling within 0.3 %)."""
+    n = max(p.ns)
+    for metric, argv, keys in HEALTH_VARIANTS:
+        farm = Farm(argv=argv, count=n, env=ctx.marker_env(), extra={"executor_keys": keys})
+        with Session(ctx, ad, farm, label=f"health {metric} N={n}") as s:
+            s.start()
+            if not s.wait_alive(n, _spawn_timeout(n)):
+                _row(rows, "health", metric, n, ad.name, "% core", "lower", [],
+                     note=f"not all alive: {s.leftovers()}")
+                continue
+            smoke = p.mode == "smoke"
+            time.sleep(p.settle_s if smoke else max(p.settle_s, 6.0))  # past start-up and a first memory sample
+            helpers = [h.pid for h in ctx.obs.helpers(s.top)]
+            c0, w0 = _cpu(helpers), now_ns()
+            time.sleep(p.idle_s if smoke else max(p.idle_s, 10.0))  # whole sampling periods (5 s)
+            c1, w1 = _cpu(helpers), now_ns()
+            _row(rows, "health", metric, n, ad.name, "% core", "lower", [100 * (c1 - c0) / (w1 - w0)])

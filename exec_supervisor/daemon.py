@@ -449,13 +449,15 @@ def scale_override_note(type_name: str, scaled: int, configured: int, when: floa
 
 
 def default_extensions() -> list[Callable[[], Any]]:
-    """Always installed: the control socket (status, scale, reload, ...), sd_notify (a no-op outside
-    systemd) and the executors' log socket (none without event forwarding)."""
+    """Always installed: health (the instances' notify socket, probes, memory), the control socket (status,
+    scale, reload, ...), sd_notify to systemd (a no-op outside systemd) and the executors' log socket
+    (none without event forwarding)."""
     from .control.server import ControlServer
+    from .health import Health
     from .relay.service import LogSocket
     from .systemd import SdNotify
 
-    return [ControlServer, SdNotify, LogSocket]
+    return [Health, ControlServer, SdNotify, LogSocket]
 
 
 def run(config_path: str, quiet: bool = False, extensions: list[Callable[[], Any]] | None = None,

@@ -25,6 +25,10 @@ What it fixes compared with the seed's boilerplate (seed/complex_tasks.md):
 - under exec-supervisor (``$ET_LOG_SOCKET``), `log()` hands each line to the
   supervisor, which keeps it on disk and delivers it with its own credentials:
   nothing is lost to an outage or a crash of this process, and no token is needed.
+- under a supervisor that sets NOTIFY_SOCKET (exec-supervisor, systemd) it says
+  READY=1 when run() starts its loop (or at `et.ready()`), sends WATCHDOG=1 from
+  every wait() and loop round (at most every WATCHDOG_USEC/2) and `et.status(text)`
+  shows a line in the supervisor's status; without NOTIFY_SOCKET all of it is a no-op.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ import argparse
 import atexit
 import collections
 import errno
+import faulthandler
 import json
 import math
 import os
@@ -53,6 +58,7 @@ import requests
 __all__ = [
     "Executor", "ServiceError", "ServiceAuthError", "LEVELS", "DEFAULT_SERVICE_HOST",
     "log", "wait", "run", "service_request", "stopped", "current", "local_address", "public_ip",
+    "ready", "status", "Notifier",
 ]
 
 LEVELS = ("debug", "info", "warning", "error")
@@ -146,6 +152,66 @@ def _wait_readable(sock: socket.socket, timeout: float | None) -> None:
         poller.poll(None if timeout is None else math.ceil(timeout * 1000))
     else:  # Windows: select() works on sockets
         select.select([sock], [], [], timeout)
+
+
+class Notifier:
+    """sd_notify(3) in a few lines: datagrams to the socket named by $NOTIFY_SOCKET.
+
+    A no-op without NOTIFY_SOCKET. Heartbeats never block (a full queue skips one, the
+    next comes soon); READY=1 and STATUS= wait up to a second for room.
+    """
+
+    def __init__(self, environ: "dict[str, str] | os._Environ[str] | None" = None) -> None:
+        env = os.environ if environ is None else environ
+        address = env.get("NOTIFY_SOCKET", "")
+        self.address: str | bytes | None = (
+            b"\0" + address[1:].encode() if address.startswith("@") else address if address.startswith("/") else None
+        )
+        self._sock: socket.socket | None = None
+        self._lock = threading.Lock()
+        self.watchdog: float | None = None  # seconds between heartbeats: half of WATCHDOG_USEC
+        try:
+            usec = int(env.get("WATCHDOG_USEC", ""))
+        except ValueError:
+            usec = 0
+        pid = env.get("WATCHDOG_PID", "")
+        if self.address is not None and usec > 0 and (not pid or pid == str(os.getpid())):
+            self.watchdog = usec / 2e6
+        self._last_beat = 0.0
+
+    @property
+    def enabled(self) -> bool:
+        return self.address is not None
+
+    def send(self, message: str, block: bool = True) -> bool:
+        if self.address is None:
+            return False
+        with self._lock:
+            try:
+                if self._sock is None:
+                    self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+                    self._sock.settimeout(1.0)
+                if block:
+                    self._sock.sendto(message.encode("utf-8", "replace"), self.address)
+                else:
+                    self._sock.sendto(message.encode("utf-8", "replace"), socket.MSG_DONTWAIT, self.address)
+                return True
+            except OSError:  # no supervisor listening, or its queue full: never the executor's problem
+                return False
+
+    def heartbeat(self) -> None:
+        """WATCHDOG=1, if a watchdog is set and half its period has passed since the last one."""
+        if self.watchdog is None:
+            return
+        now = time.monotonic()
+        if now - self._last_beat >= self.watchdog:
+            if self.send("WATCHDOG=1", block=False):
+                self._last_beat = now
+
+    def next_beat_in(self) -> float | None:
+        if self.watchdog is None:
+            return None
+        return max(0.0, self._last_beat + self.watchdog - time.monotonic())
 
 
 def _redact(text: str, secret: str | None) -> str:
@@ -248,6 +314,11 @@ class Executor:
         self._log_socket_lock = threading.Lock()
         self._log_socket_full_at = -math.inf
         self.handed_over = 0        # lines given to the supervisor's log socket
+        self.notifier = Notifier()
+        self._ready_sent = False
+        if self.notifier.watchdog is not None and not faulthandler.is_enabled():
+            # A missed watchdog brings SIGABRT first: this prints every thread's stack to the log.
+            faulthandler.enable()
 
         if install_signals and threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGTERM, self._on_signal)
@@ -286,20 +357,44 @@ class Executor:
     def wait(self, seconds: float | None = None) -> bool:
         """Sleep up to `seconds` (None: until stopped); return True early when stopping.
 
-        Use it instead of time.sleep() so SIGTERM ends the executor at once.
+        Use it instead of time.sleep() so SIGTERM ends the executor at once. Under a
+        supervisor's watchdog it sends the heartbeats while it waits.
         """
         if self._stopped:
             return True
+        notifier = self.notifier
+        notifier.heartbeat()
         deadline = None if seconds is None else time.monotonic() + max(0.0, seconds)
         while not self._stopped:
             remaining = None if deadline is None else deadline - time.monotonic()
             if remaining is not None and remaining <= 0:
                 break
+            beat = notifier.next_beat_in()
+            pause = remaining if beat is None else beat if remaining is None else min(remaining, beat)
             try:
-                _wait_readable(self._wake_r, remaining)
+                _wait_readable(self._wake_r, pause)
             except (OSError, ValueError):  # closed at exit: nothing to wait for
                 break
+            notifier.heartbeat()
         return self._stopped
+
+    # ------------------------------------------------------------------ supervisor notifications
+
+    def ready(self) -> None:
+        """Tell the supervisor this executor is ready (READY=1); run() does it when its loop starts.
+
+        Call it yourself after a slow start-up (loading a model) when the config says `ready: notify`.
+        """
+        if not self._ready_sent:
+            self._ready_sent = self.notifier.send("READY=1") or not self.notifier.enabled
+
+    def status(self, text: str) -> None:
+        """A one-line status shown in the supervisor's `status` ("model loaded", "job 17/40")."""
+        self.notifier.send("STATUS=" + " ".join(str(text).split()))
+
+    def heartbeat(self) -> None:
+        """WATCHDOG=1 now if due; wait() and run() call it, a long computation may call it too."""
+        self.notifier.heartbeat()
 
     # ------------------------------------------------------------------ service access
 
@@ -629,7 +724,9 @@ class Executor:
             return lambda fn: self.run(fn, interval=interval, exit=exit)
         code = 0
         try:
+            self.ready()
             while not self._stopped:
+                self.notifier.heartbeat()
                 loop_fn()
                 if interval > 0:
                     self.wait(interval)
@@ -642,6 +739,7 @@ class Executor:
         else:
             if self._stop_signal is not None:
                 self.log("debug", f"stopping ({signal.Signals(self._stop_signal).name})")
+        self.notifier.send("STOPPING=1", block=False)  # no heartbeats expected while the log flushes
         self.close()
         if exit:
             sys.exit(code)
@@ -671,6 +769,14 @@ def log(level: str, message: str) -> None:
 
 def wait(seconds: float | None = None) -> bool:
     return current().wait(seconds)
+
+
+def ready() -> None:
+    current().ready()
+
+
+def status(text: str) -> None:
+    current().status(text)
 
 
 def stopped() -> bool:

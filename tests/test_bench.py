@@ -101,6 +101,8 @@ def test_smoke_exec_supervisor_and_limit(tmp_path: Path) -> None:
         assert (tmp_path / "chart.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     if "exec-supervisor" in meta["supervisors"]:
         assert figures(data, "spawn", "spawn_s", "exec-supervisor"), "exec-supervisor never got 5 up"
+        for metric in ("idle_cpu_pct", "watchdog_cpu_pct", "max_memory_cpu_pct"):
+            assert figures(data, "health", metric, "exec-supervisor"), metric
         assert "es/limit" in report
 
 

@@ -22,6 +22,7 @@ import psutil
 import pytest
 from conftest import Farm, marked_processes, wait_until
 
+from exec_supervisor.control.client import Client
 from exec_supervisor.devservice import DevService
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
@@ -83,7 +84,9 @@ def starts(svc: DevService, exec_id: str) -> int:
 
 def test_frozen_hello_world_farm(binary: Path, farm: Farm, svc: DevService) -> None:
     farm.write(
-        {"HelloWorld": {"command": [str(binary)], "ids": "0-1"}},
+        # READY=1 and the heartbeats come from the bootloader's child, the real program.
+        {"HelloWorld": {"command": [str(binary)], "ids": "0-1", "ready": "notify", "start_timeout": "60s",
+                        "watchdog": "3s"}},
         service={"host": svc.url},
         defaults={"stop_timeout": 10},
     )
@@ -104,6 +107,16 @@ def test_frozen_hello_world_farm(binary: Path, farm: Farm, svc: DevService) -> N
         assert cmdline(child.pid) == expected  # the program, with the same arguments
         assert child.environ()["ET_EXEC_ID"] == exec_id and os.getpgid(child.pid) == pid
         children[exec_id] = child
+
+    # Notify from the frozen program counts for its instance, and status shows the whole tree:
+    # the real program's RSS (about 28 MiB), not the 2 MiB bootloader's.
+    def ready_rows() -> list[dict] | None:
+        rows = Client(farm.state_dir / "control.sock").call("GET", "/v1/status")[1]["instances"]
+        return rows if all(r["state"] == "running" and r["ready"] and r["heartbeat"] for r in rows) else None
+
+    for status_row in wait_until(ready_rows, 30, what="both ready with heartbeats"):
+        assert status_row["processes"] == 2 and status_row["rss"] > 10 * 2**20, status_row
+        assert status_row["health"] == "ok", status_row
 
     # SIGKILL the bootloader of one instance: its orphaned child must not linger,
     # and the supervisor starts a new pair.

@@ -103,10 +103,11 @@ def test_sd_notify_ready_status_reload_watchdog_stopping(farm: Farm, notify: Not
     assert client.call("POST", "/v1/start", {"target": "ET-A-0"})[0] == 200
     notify.wait_for("STATUS", "3/3 instances running", after=mark)
 
-    # The executors never see systemd's variables.
+    # The executors never see systemd's variables: NOTIFY_SOCKET is the farm's own socket.
     for pid in farm.instances().values():
         env = psutil.Process(pid).environ()
-        assert "NOTIFY_SOCKET" not in env and "WATCHDOG_USEC" not in env
+        assert env["NOTIFY_SOCKET"] != os.environ.get("NOTIFY_SOCKET") and "WATCHDOG_USEC" not in env
+        assert env["NOTIFY_SOCKET"] == str(farm.state_dir / "notify.sock")
 
     mark = len(notify.messages) - 1
     farm.daemon.send_signal(signal.SIGTERM)

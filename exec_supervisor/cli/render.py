@@ -38,11 +38,25 @@ def scale_note(summary: dict[str, Any]) -> str | None:
     return text + f"; `scale {summary['type']} --reset` follows the config"
 
 
+def describe_health(row: dict[str, Any], now: float) -> str:
+    """ok / failing n of m / unhealthy / none, and how long ago the last heartbeat came."""
+    text = str(row.get("health") or "none")
+    beat = row.get("heartbeat")
+    if isinstance(beat, (int, float)):
+        text += f", beat {human_duration(max(0.0, now - beat))} ago"
+    return text
+
+
 def render_status(data: dict[str, Any], paint: Painter, states: set[str] | None = None) -> str:
     now = time.time()
-    header = ("EXEC ID", "STATE", "PID", "UPTIME", "RESTARTS", "CPU%", "RSS", "LAST EXIT")
+    header: tuple[str, ...] = ("EXEC ID", "STATE", "PID", "UPTIME", "RESTARTS", "CPU%", "RSS", "LAST EXIT")
+    instances = data.get("instances", [])
+    # Health columns only where some instance has checks or a status text: narrow tables stay narrow.
+    health = any(r.get("health") not in (None, "none") or r.get("status_text") for r in instances)
+    if health:
+        header = (*header, "HEALTH", "STATUS")
     rows = []
-    for row in data.get("instances", []):
+    for row in instances:
         state = row.get("state", "?")
         if states and state not in states:
             continue
@@ -55,6 +69,7 @@ def render_status(data: dict[str, Any], paint: Painter, states: set[str] | None 
             "-" if cpu is None else f"{cpu:.1f}",
             human_bytes(row.get("rss")),
             describe_exit(row.get("last_exit"), now),
+            *((describe_health(row, now), row.get("status_text") or "-") if health else ()),
         )))
     lines = []
     if rows:
@@ -121,8 +136,10 @@ def render_describe(info: dict[str, Any], paint: Painter) -> str:
         cpu = info.get("cpu_percent")
         field("cpu / rss", f"{'-' if cpu is None else f'{cpu:.1f}%'} / {human_bytes(info.get('rss'))}")
     if info.get("health") is not None:
-        field("health", info["health"] if isinstance(info["health"], str) else
+        field("health", describe_health(info, now) if isinstance(info["health"], str) else
               ", ".join(f"{k}={v}" for k, v in info["health"].items()))
+    if info.get("status_text"):
+        field("status", info["status_text"])
     field("command", shlex.join(info.get("argv") or []))
     field("cwd", info.get("cwd") or "-")
     field("log", info.get("log") or "-")

@@ -73,10 +73,11 @@ def _program_problem(program: str) -> str | None:
 
 
 def check_placeholders(
-    collector: Collector, path: tuple[Any, ...], items: list[str], allowed: tuple[str, ...], offset: int = 0
+    collector: Collector, path: tuple[Any, ...], items: list[str], allowed: tuple[str, ...], offset: int = 0,
+    sample: Mapping[str, str] | None = None,
 ) -> None:
     """Every placeholder known, and every item fillable (so planned() can never fail)."""
-    sample = placeholder_values("Type", 0, "http://127.0.0.1/")
+    sample = sample or placeholder_values("Type", 0, "http://127.0.0.1/")
     for index, item in enumerate(items):
         where = path + (index + offset,)
         try:
@@ -91,9 +92,10 @@ def check_placeholders(
             continue
         unknown = [name for name in fields if name not in allowed]
         if unknown:
+            shown = [a for a in allowed if not a.isupper()]  # env names show once, in lower case
             collector.add(
                 where,
-                f"unknown placeholder {{{unknown[0]}}}; use {', '.join('{' + a + '}' for a in allowed)} "
+                f"unknown placeholder {{{unknown[0]}}}; use {', '.join('{' + a + '}' for a in shown)} "
                 "(write {{ and }} for literal braces)",
             )
             continue

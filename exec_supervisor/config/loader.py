@@ -17,7 +17,7 @@ from .checks import (absolute, check_instances, check_placeholders, check_script
 from .constants import MAX_NAME_LENGTH, NAME_RE, PER_TYPE_KEYS, PLACEHOLDERS
 from .errors import ConfigError, Problem
 from .models import (SECTIONS, TOP_KEYS, ControlConfig, EventsConfig, ExecutorSettings, ExecutorType, FarmConfig,
-                     ServiceConfig, Strict, SupervisorConfig)
+                     ServiceConfig, Strict, SupervisorConfig, probe_values)
 from .problems import Collector, did_you_mean
 from .values import kind_of, show_value
 from .yamlmarks import read_yaml
@@ -64,7 +64,7 @@ def _check_type(
     defaults: dict[str, Any],
     base_dir: Path,
     environ: Mapping[str, str],
-) -> tuple[ExecutorType, str] | None:
+) -> tuple[ExecutorType, str, str | None] | None:
     path = ("executors", type_name)
     usable = True
     if not isinstance(type_name, str) or not NAME_RE.fullmatch(type_name):
@@ -132,9 +132,56 @@ def _check_type(
         check_script(collector, script_at, executor, cwd)
     if executor.hosts is not None:
         _check_hosts(collector, path, executor)
-    if program is None or not usable:
+    probe_program = _check_health(collector, path, own, defaults, executor, cwd, environ, where)
+    if program is None or not usable or probe_program is False:
         return None
-    return executor.model_copy(update={"cwd": cwd}), program
+    return executor.model_copy(update={"cwd": cwd}), program, probe_program
+
+
+START_TIMEOUT_WHY = ("start_timeout needs ready: notify (with ready: start_seconds an instance counts as started "
+                     "after start_seconds, so nothing is left to time out); add ready: notify or remove start_timeout")
+
+
+def _check_health(
+    collector: Collector,
+    path: tuple[Any, ...],
+    own: Mapping[str, Any],
+    defaults: Mapping[str, Any],
+    executor: ExecutorType,
+    cwd: str,
+    environ: Mapping[str, str],
+    where: Any,
+) -> str | None | bool:
+    """start_timeout's precondition, and the probe's placeholders and program.
+
+    Returns the probe's resolved program (None without an exec probe), or False on a problem.
+    """
+    if "start_timeout" in own and own["start_timeout"] is not None and executor.ready != "notify":
+        collector.add(path + ("start_timeout",), START_TIMEOUT_WHY)
+    probe = executor.probe
+    if probe is None:
+        return None
+    at = where("probe")
+    sample = probe_values(executor, "Type", 0, "http://127.0.0.1/")
+    shadow = Collector(collector.file, collector.index)
+    if probe.exec is not None:
+        raw = (own.get("probe") or defaults.get("probe") or {}).get("exec")
+        items = probe.exec[1:]
+        allowed = tuple(sample)
+        if isinstance(raw, list):
+            check_placeholders(collector, at + ("exec",), items, allowed, 1, sample)
+        else:
+            check_placeholders(shadow, at + ("exec",), items, allowed, 0, sample)
+        program_at = at + ("exec", 0) if isinstance(raw, list) else at + ("exec",)
+        program = resolve_program(collector, program_at, executor.model_copy(update={"command": probe.exec}),
+                                  cwd, environ)
+        for problem in shadow.problems:
+            collector.add(at + ("exec",), problem.message)
+        return False if program is None or shadow.problems else program
+    check_placeholders(shadow, at + ("http",), [probe.http or ""], tuple(sample), 0, sample)
+    for problem in shadow.problems:
+        collector.add(at + ("http",), problem.message)
+    return False if shadow.problems else None
 
 
 def _check_hosts(collector: Collector, path: tuple[Any, ...], executor: ExecutorType) -> None:
@@ -231,6 +278,7 @@ def _load(path: Any, display: str, environ: Mapping[str, str]) -> FarmConfig:
     base_dir = config_path.parent
     executors: dict[str, ExecutorType] = {}
     programs: dict[str, str] = {}
+    probe_programs: dict[str, str] = {}
     raw_executors = data.get("executors")
     if "executors" not in data:
         collector.add(("executors",), "missing; list the executor types to run (see configs/farm.yaml)")
@@ -249,7 +297,13 @@ def _load(path: Any, display: str, environ: Mapping[str, str]) -> FarmConfig:
         for type_name, own in raw_executors.items():
             checked = _check_type(collector, type_name, own, defaults, base_dir, environ)
             if checked is not None:
-                executors[type_name], programs[type_name] = checked
+                executors[type_name], programs[type_name], probe_program = checked
+                if probe_program:
+                    probe_programs[type_name] = probe_program
+        notify_types = [own for own in raw_executors.values()
+                        if isinstance(own, dict) and own.get("ready", defaults.get("ready")) == "notify"]
+        if defaults.get("start_timeout") is not None and defaults.get("ready") != "notify" and not notify_types:
+            collector.add(("defaults", "start_timeout"), START_TIMEOUT_WHY)
 
     service = sections["service"]
     if isinstance(service, ServiceConfig) and service.auth.token_file:
@@ -291,6 +345,7 @@ def _load(path: Any, display: str, environ: Mapping[str, str]) -> FarmConfig:
         programs=programs,
         max_instances=supervisor.max_instances or default_max_instances(),
         on_restart=supervisor.on_restart,
+        probe_programs=probe_programs,
     )
     # What only a whole instance shows: its command line and environment as the kernel will get them.
     check_instances(collector, farm, raw_executors, defaults, environ, explicit=supervisor.max_instances is not None)

@@ -11,7 +11,7 @@ import re
 import signal
 import socket
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal, Mapping
 from urllib.parse import urlsplit
@@ -55,6 +55,53 @@ class Backoff(Strict):
         return self
 
 
+class Probe(Strict):
+    """A check the daemon runs against a ready instance: a command (exit 0 = healthy) or an HTTP GET (2xx)."""
+
+    exec: Command | None = None
+    http: str | None = None
+    every: Duration = 10.0
+    timeout: Duration = 2.0
+    failures: Annotated[Int, Field(ge=1, le=1000)] = 3
+    grace: Duration = 0.0
+
+    @field_validator("exec")
+    @classmethod
+    def _exec_not_empty(cls, value: list[str] | None) -> list[str] | None:
+        if value is not None and (not value or not value[0]):
+            raise ValueError("the probe command is empty; give the program to run")
+        return None if value is None else no_nul(value)
+
+    @field_validator("http")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        # Placeholders may stand for the port: check the URL with them filled by a sample.
+        sample = re.sub(r"\{[^{}]*\}", "1", value)
+        try:
+            parts = urlsplit(sample)
+            parts.port  # noqa: B018 - raises on a bad port
+        except ValueError:
+            parts = None
+        if parts is None or parts.scheme not in ("http", "https") or not parts.hostname or re.search(r"\s|\x00", value):
+            raise ValueError(f"{show_value(value)} is not an http:// or https:// URL")
+        return value
+
+    @field_validator("every", "timeout")
+    @classmethod
+    def _positive(cls, value: float) -> float:
+        if value < 0.01:
+            raise ValueError("must be at least 10ms")
+        return value
+
+    @model_validator(mode="after")
+    def _one_check(self) -> "Probe":
+        if (self.exec is None) == (self.http is None):
+            raise PydanticCustomError("probe_kind", "give exactly one of exec (a command) or http (a URL)")
+        return self
+
+
 class ExecutorSettings(Strict):
     """Keys allowed both in `defaults` and in each executor type."""
 
@@ -71,6 +118,27 @@ class ExecutorSettings(Strict):
     stop_timeout: Duration = 10.0
     log_max_bytes: Size = 10 * 1024**2
     log_backups: Annotated[Int, Field(ge=0, le=1000)] = 5
+    # Health (see the README's Health section): readiness, heartbeat, a probe, a memory cap.
+    ready: Literal["start_seconds", "notify"] = "start_seconds"
+    start_timeout: Duration | None = None
+    watchdog: Duration | None = None
+    probe: Probe | None = None
+    max_memory: Size | None = None
+
+    @field_validator("start_timeout", "watchdog")
+    @classmethod
+    def _zero_is_off(cls, value: float | None) -> float | None:
+        # systemd's WatchdogSec=0 means off; a timeout of 0 could never be met.
+        if value is not None and 0 < value < 0.01:
+            raise ValueError("must be at least 10ms (or 0/null for none)")
+        return value or None
+
+    @field_validator("max_memory")
+    @classmethod
+    def _memory_floor(cls, value: int | None) -> int | None:
+        if value is not None and value < 1024 * 1024:
+            raise ValueError(f"{value} bytes is below 1MiB; write a unit, like 4GiB or 512MiB")
+        return value
 
     @field_validator("args")
     @classmethod
@@ -330,6 +398,8 @@ class FarmConfig:
     # "files": each instance writes <log_dir>/<exec id>.log; "inherit": instances write to the
     # supervisor's own stdout/stderr (run-one --log-to stdout, where a platform collects output).
     output: Literal["files", "inherit"] = "files"
+    # The same as programs for each type's exec probe, if it has one.
+    probe_programs: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def socket_path(self) -> Path:
@@ -386,6 +456,10 @@ class FarmConfig:
             ET_ID=str(instance_id),
             ET_SERVICE_HOST=self.service.host,
         )
+        if executor.watchdog:
+            # As systemd sets it; a changed watchdog restarts the instance, which must learn the new pace.
+            # No WATCHDOG_PID: see the README (Health: the protocol).
+            env["WATCHDOG_USEC"] = str(max(1, round(executor.watchdog * 1_000_000)))
         cwd = sys.intern(os.path.normpath(os.path.join(self.base_dir, executor.cwd)))
         return InstanceSpec(type_name, instance_id, exec_id, argv, tuple(sorted(env.items())), cwd)
 
@@ -411,6 +485,14 @@ class FarmConfig:
             for name in self.executors
             for instance_id in self.ids_of(name)
         ]
+
+
+def probe_values(executor: ExecutorType, type_name: str, instance_id: int, service_host: str) -> dict[str, str]:
+    """What a probe's command or URL may use: the placeholders, and the type's env by name (PORT or port)."""
+    values = {name.lower(): value for name, value in executor.env.items()}
+    values.update(executor.env)
+    values.update(placeholder_values(type_name, instance_id, service_host))
+    return values
 
 
 def placeholder_values(type_name: str, instance_id: int, service_host: str) -> dict[str, str]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 import re
+import typing
 from typing import Any, Mapping
 
 from pydantic import (
@@ -131,9 +132,17 @@ def _resolve_loc(model: type[BaseModel], data: Any, loc: tuple[Any, ...]) -> tup
         path.append(part)
         owner = current_model
         annotation = fields[part].annotation if in_model else None
-        current_model = annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
+        current_model = _model_in(annotation)
         current = child
     return tuple(path), owner
+
+
+def _model_in(annotation: Any) -> Any:
+    """The model class an annotation names, also inside Optional[...] (None otherwise)."""
+    for candidate in (annotation, *typing.get_args(annotation)):
+        if isinstance(candidate, type) and issubclass(candidate, BaseModel):
+            return candidate
+    return None
 
 
 def _value_at(data: Any, path: tuple[Any, ...]) -> Any:

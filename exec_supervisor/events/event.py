@@ -22,6 +22,10 @@ INSTANCE_EVENT_LEVELS = {
     "fatal": "error",
     "stopping": "debug",
     "stopped": "info",
+    # health (supervise/readiness.py, health/)
+    "start_timeout": "error",
+    "unhealthy": "error",
+    "status_changed": "debug",
 }
 
 # How many bytes of an instance's last output a crash event carries.

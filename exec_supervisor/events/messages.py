@@ -65,9 +65,82 @@ def _with_output(text: str, e: "Event") -> str:
     return f"{text}\n{e.output}" if e.output else text
 
 
+def _bytes(value: object) -> str:
+    if not isinstance(value, (int, float)):
+        return "?"
+    size = float(value)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return "?"  # pragma: no cover
+
+
+def _failed_check(d: dict, zh: bool) -> str:
+    """Which health check failed, and how: the heart of an `unhealthy` event."""
+    check = d.get("check")
+    if check == "watchdog" and d.get("trigger"):
+        return "执行端自报卡死 (WATCHDOG=trigger)" if zh else "the executor reported itself hung (WATCHDOG=trigger)"
+    if check == "watchdog":
+        if zh:
+            return f"看门狗: {_seconds(d.get('silent'))} 内没有 WATCHDOG=1 (watchdog {_seconds(d.get('timeout'))})"
+        return f"watchdog: no WATCHDOG=1 for {_seconds(d.get('silent'))} (watchdog {_seconds(d.get('timeout'))})"
+    if check == "probe":
+        if zh:
+            return (f"探针 {d.get('probe', '?')} 连续失败 {d.get('failures', '?')} 次, 持续 "
+                    f"{_seconds(d.get('failing_for'))} (最后: {d.get('reason', '?')})")
+        return (f"probe {d.get('probe', '?')} failed {d.get('failures', '?')} times in a row over "
+                f"{_seconds(d.get('failing_for'))} (last: {d.get('reason', '?')})")
+    if check == "memory":
+        if zh:
+            return (f"内存: 进程树 RSS {_bytes(d.get('rss'))} 超过 max_memory {_bytes(d.get('limit'))} "
+                    f"({d.get('processes', '?')} 个进程)")
+        return (f"memory: RSS of its process tree {_bytes(d.get('rss'))} is above max_memory "
+                f"{_bytes(d.get('limit'))} ({d.get('processes', '?')} processes)")
+    return str(check)
+
+
+def _health_text(e: "Event", zh: bool) -> str | None:
+    """Messages of the health events, and of the exit that follows a health stop; None for others."""
+    d = e.detail
+    kind = e.event
+    status = f" (STATUS: {d['status']})" if d.get("status") else ""
+    if kind == "running" and d.get("ready") == "notify":
+        if zh:
+            return f"已就绪 运行中 (pid {e.pid}, 启动后 {_seconds(d.get('after'))} 收到 READY=1)"
+        return f"ready, running (pid {e.pid}, READY=1 after {_seconds(d.get('after'))})"
+    if kind == "start_timeout":
+        if zh:
+            text = (f"启动超时: {_seconds(d.get('timeout'))} 内未收到 READY=1 (start_timeout){status}; "
+                    "停止后按退避重启")
+        else:
+            text = (f"start timeout: no READY=1 within {_seconds(d.get('timeout'))} (start_timeout){status}; "
+                    "stopping it, then restarting with backoff")
+        return _with_output(text, e)
+    if kind == "unhealthy":
+        then = "停止后按退避重启" if zh else "stopping it, then restarting with backoff"
+        text = f"{'不健康' if zh else 'unhealthy'}: {_failed_check(d, zh)}{status}; {then}"
+        text = _with_output(text, e)
+        if d.get("probe_output"):
+            text += ("\n探针输出:\n" if zh else "\nprobe output:\n") + str(d["probe_output"])
+        return text
+    if kind == "status_changed":
+        return f"状态: {d.get('status') or ''}" if zh else f"status: {d.get('status') or ''}"
+    cause = d.get("cause")
+    if kind == "crashed" and cause:
+        why = {"start_timeout": "启动超时" if zh else "start timeout"}.get(cause, f"{'不健康' if zh else 'unhealthy'} ({cause})")
+        if zh:
+            return f"因{why}已停止: {_how_ended(e, True)}, 运行了 {_seconds(e.runtime)}; {_plan(e, True)}"
+        return f"stopped for {why}: {_how_ended(e, False)} after {_seconds(e.runtime)}; {_plan(e, False)}"
+    return None
+
+
 def _en(e: "Event") -> str:
     d = e.detail
     kind = e.event
+    health = _health_text(e, False)
+    if health is not None:
+        return health
     if kind == "spawned":
         return f"spawned (pid {e.pid})"
     if kind == "running":
@@ -157,6 +230,9 @@ def _supervisor_en(e: "Event") -> str:
 def _zh(e: "Event") -> str:
     d = e.detail
     kind = e.event
+    health = _health_text(e, True)
+    if health is not None:
+        return health
     if kind == "spawned":
         return f"已启动进程 (pid {e.pid})"
     if kind == "running":

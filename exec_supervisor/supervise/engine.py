@@ -77,6 +77,7 @@ class Engine:
         self._pidfds: dict[int, int] = {}  # adopted pid -> its pidfd, read by the loop
         self._helpers: dict[int, asyncio.Future[int]] = {}  # children that are not instances (upgrade check)
         self.operations: dict[str, int] = {}  # long operator commands in progress (an upgrade waits for none)
+        self.health: Any = None  # the health extension (health/service.py), when installed
 
     @property
     def config(self) -> FarmConfig:
@@ -110,7 +111,10 @@ class Engine:
         except OSError:
             return None
         instance = self.instances.get(osproc.environ_value(pid, "ET_EXEC_ID") or "")
-        return instance if instance is not None and instance.pid is not None else None
+        # The environment is the sender's to write: only a descendant of this daemon is believed.
+        if instance is None or instance.pid is None or not osproc.descends_from(pid, os.getpid()):
+            return None
+        return instance
 
     # ------------------------------------------------------------------ Host protocol
 
@@ -138,7 +142,10 @@ class Engine:
         if now - self._orphan_scan_at > ORPHAN_SCAN_TTL:
             self._orphan_scan_at = now
             by_exec: dict[str, set[int]] = {}
-            for pid in osproc.adopted_children(self._by_pid.keys(), len(self._carried)):
+            # Helpers (probes, an upgrade check) carry no instance; the main thread lists them only
+            # when the loop runs on it.
+            known = self._by_pid.keys() if not self._helpers else self._by_pid.keys() | self._helpers.keys()
+            for pid in osproc.adopted_children(known, len(self._carried)):
                 owner = self._orphan_exec_ids.get(pid)
                 if owner is None:
                     # Only a found id is kept: a process caught in the middle of an exec shows an
@@ -177,6 +184,12 @@ class Engine:
 
     def on_state_change(self, listener: Any) -> None:
         self._state_listeners.append(listener)
+
+    # ------------------------------------------------------------------ health hooks
+
+    def set_notify_socket(self, address: str) -> None:
+        """Every instance spawned from now on gets NOTIFY_SOCKET=address (ours, never systemd's)."""
+        self.set_farm_env("NOTIFY_SOCKET", address)
 
     # ------------------------------------------------------------------ desired state
 

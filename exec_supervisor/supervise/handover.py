@@ -92,6 +92,7 @@ def snapshot(engine: Engine, retiring: set[Instance]) -> dict[str, Any]:
             "killed": inst._killed, "stop_deadline": inst._stop_deadline, "start_pending": inst._start_pending,
             "cleaning": inst._cleanup is not None, "adopted": inst.adopted, "retiring": inst in retiring,
             "history": [[when, state.value, reason] for when, state, reason in inst.history],
+            "readiness": inst.readiness_record(),
         })
         records.append(record)
     return {"format": FORMAT, "boot_id": boot_id(), "monotonic": time.monotonic(), "time": time.time(),
@@ -207,6 +208,7 @@ def _restore_one(engine: Engine, record: dict[str, Any], wanted: dict[str, tuple
     inst._stop_deadline = float(record["stop_deadline"])
     inst._start_pending = bool(record["start_pending"])
     inst.history = tuple((float(when), State(state), str(reason)) for when, state, reason in record.get("history") or ())
+    inst.restore_readiness(record.get("readiness") or {})
     _install(engine, inst)
     inst.resume(cleaning=bool(record["cleaning"]))
     return inst

@@ -25,6 +25,7 @@ from typing import Any, Callable, Protocol
 from . import osproc
 from ..config import ExecutorType, InstanceSpec
 from ..events import INSTANCE_EVENT_LEVELS, OUTPUT_TAIL_MAX_BYTES, Event
+from .readiness import Readiness
 from .timers import Cancellable, SlackTimers, backoff_delay
 
 CRASH_TAIL_LINES = 20
@@ -64,7 +65,7 @@ class Host(Protocol):
     def after_exits(self, callback: Callable[[], None]) -> Cancellable: ...
 
 
-class Instance:
+class Instance(Readiness):
     # A farm holds thousands of these for its whole life: no per-object __dict__.
     __slots__ = ("spec", "policy", "host", "state", "want_running", "pid", "started_at", "started_wall",
                  "started_boottime", "start_ticks", "adopted", "restarts", "failures", "restart_times", "last_exit",
@@ -106,6 +107,7 @@ class Instance:
         self._rest_waiters: list[asyncio.Future[None]] | tuple[()] = ()
         self._state_waiters: list[tuple[tuple[State, ...], asyncio.Future[None]]] | tuple[()] = ()
         self.history: tuple[tuple[float, State, str], ...] = ()
+        self._init_readiness()
 
     @property
     def log_path(self) -> Path | None:
@@ -203,17 +205,22 @@ class Instance:
         if unknown:
             self.last_exit["status_unknown"] = True
             detail["status_unknown"] = True
-        if self.state is State.STOPPING:
+        cause = self.failing_cause()
+        if cause:
+            detail["cause"] = cause
+        if self.state is State.STOPPING and not (cause and self.want_running):
             self.host.state_changed(self)  # the pid is gone; the state changes once the leftovers are
             self._start_cleanup(self._stop_deadline, self.policy.stop_signal)
             return
-
-        expected = not unknown and signal_name is None and exit_code in self.policy.success_exit_codes
+        # A stop for a failed health check or start_timeout ends here like a crash: one restart path.
+        expected = cause is None and not unknown and signal_name is None and exit_code in self.policy.success_exit_codes
         restart_due = self.want_running and (
             self.policy.restart == "always" or (self.policy.restart == "on-failure" and not expected)
         )
         output = self._output_tail() if not expected else None
         what = f"signal {signal_name}" if signal_name else f"exit code {exit_code}"
+        if cause:
+            what = f"stopped for {cause}, {what}"
         if restart_due and self._restarts_exhausted(now):
             self._set_state(State.FATAL, f"{what}; {self.policy.max_restarts} restarts within "
                                          f"{self.policy.restart_window:g}s")
@@ -236,7 +243,7 @@ class Instance:
         self._emit(
             "exited" if expected else "crashed",
             pid=pid, exit_code=exit_code, signal=signal_name, runtime=runtime,
-            restart_in=restart_in, output=output, detail=detail,
+            restart_in=restart_in, output=None if cause else output, detail=detail,
         )
         self._start_cleanup(now + self.policy.stop_timeout, self.policy.stop_signal)
 
@@ -245,9 +252,8 @@ class Instance:
         the one timer (or the leftover cleanup) its state is waiting on."""
         loop = asyncio.get_running_loop()
         if self.pid is not None:
-            if self.state is State.STARTING:
-                self.host.timers.call_at(self.started_at + self.policy.start_seconds, self._on_start_seconds,
-                                         self.started_at)
+            if self.state in (State.STARTING, State.RUNNING):
+                self._resume_readiness()  # start_seconds, start_timeout, or the watchdog
             elif self.state is State.STOPPING:
                 self._timer = loop.call_at(self._stop_deadline, self._kill_now)
         elif cleaning or self.state is State.STOPPING:
@@ -261,6 +267,7 @@ class Instance:
         if self.state is State.STARTING and started_at == self.started_at:
             self.failures = 0
             self._set_state(State.RUNNING, "alive start_seconds")
+            self._became_running()
             self._emit("running", pid=self.pid)
 
     # ------------------------------------------------------------------ internals
@@ -282,12 +289,7 @@ class Instance:
         self.pid = self._pgid = pid
         self.host.track(self, pid)
         self._emit("spawned", pid=pid)
-        if self.policy.start_seconds > 0:
-            # started_at is time.monotonic(), the clock of asyncio's loop
-            self.host.timers.call_at(self.started_at + self.policy.start_seconds, self._on_start_seconds,
-                                     self.started_at)
-        else:
-            self._on_start_seconds(self.started_at)
+        self._arm_readiness()  # start_seconds, or READY=1 within start_timeout
 
     def _spawn_failed(self, exc: OSError) -> None:
         # Same policy as a crash: a missing file may come back (a deploy in progress).
@@ -336,13 +338,15 @@ class Instance:
         if self.state is State.BACKOFF and self.want_running:
             self._spawn("backoff over")
 
-    def _begin_stop(self) -> None:
+    def _begin_stop(self, sig: int | None = None, reason: str | None = None) -> None:
+        """Signal the group (stop_signal, or sig: SIGABRT for a missed watchdog), SIGKILL after stop_timeout."""
+        sig = sig or self.policy.stop_signal
         self._cancel_timer()
-        self._set_state(State.STOPPING, "restart requested" if self.want_running else "stop requested")
+        self._set_state(State.STOPPING, reason or ("restart requested" if self.want_running else "stop requested"))
         self._stop_deadline = time.monotonic() + self.policy.stop_timeout
-        self._emit("stopping", pid=self.pid, detail={"signal": osproc.signal_name(self.policy.stop_signal)})
+        self._emit("stopping", pid=self.pid, detail={"signal": osproc.signal_name(sig)})
         assert self.pid is not None
-        osproc.signal_group(self.pid, self.policy.stop_signal)
+        osproc.signal_group(self.pid, sig)
         # The main process may ignore the signal: escalate at the deadline even if it never exits.
         self._timer = asyncio.get_running_loop().call_later(self.policy.stop_timeout, self._kill_now)
 
@@ -479,4 +483,5 @@ class Instance:
             "uptime": round(time.monotonic() - self.started_at, 3) if up else None,
             "started": self.started_wall if up else None,
             "last_exit": self.last_exit,
+            **self.health_fields(),
         }

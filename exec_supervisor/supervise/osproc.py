@@ -108,6 +108,38 @@ def spawn(argv: tuple[str, ...], env: Mapping[str, str] | Mapping[bytes, bytes],
         os.fchdir(_home_fd)
 
 
+def spawn_captured(argv: tuple[str, ...] | list[str], env: Mapping[bytes, bytes], cwd: str) -> tuple[int, int]:
+    """Start argv in its own session with stdout+stderr into a pipe; returns (pid, non-blocking read end).
+
+    For short-lived helpers (health probes) whose output the daemon keeps a little of.
+    """
+    global _home_fd
+    if _home_fd is None:
+        _home_fd = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    read_end, write_end = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+    try:
+        os.set_blocking(write_end, True)
+        os.chdir(cwd)
+        try:
+            pid = os.posix_spawn(
+                argv[0], list(argv), env,
+                file_actions=[
+                    (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
+                    (os.POSIX_SPAWN_DUP2, write_end, 1),
+                    (os.POSIX_SPAWN_DUP2, write_end, 2),
+                ],
+                setsid=True, setsigdef=_DEFAULT_IN_CHILD, setsigmask=(),
+            )
+        finally:
+            os.fchdir(_home_fd)
+    except BaseException:
+        os.close(read_end)
+        raise
+    finally:
+        os.close(write_end)
+    return pid, read_end
+
+
 class _SigSet(ctypes.Structure):
     _fields_ = [("bits", ctypes.c_ulong * (1024 // (8 * ctypes.sizeof(ctypes.c_ulong))))]
 
@@ -219,6 +251,15 @@ def read_proc(path: str) -> bytes:
         os.close(fd)
 
 
+def read_proc_head(path: str, size: int = 1024) -> bytes:
+    """The start of a /proc file in one read (a stat line fits in 1 KiB)."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        return os.read(fd, size)
+    finally:
+        os.close(fd)
+
+
 # getpid() is a system call (glibc caches nothing), and this runs at every instance exit.
 _own_pid = os.getpid()
 
@@ -307,6 +348,21 @@ def environ_value(pid: int, name: str) -> str | None:
         if item.startswith(prefix):
             return item[len(prefix):].decode(errors="replace")
     return None
+
+
+def descends_from(pid: int, ancestor: int, max_depth: int = 64) -> bool:
+    """True when ancestor is pid's parent, grandparent, ... (walks /proc/<pid>/stat)."""
+    for _ in range(max_depth):
+        try:
+            stat = read_proc(f"/proc/{pid}/stat")
+        except OSError:
+            return False
+        pid = int(stat[stat.rfind(b")") + 2:].split(None, 2)[1])
+        if pid == ancestor:
+            return True
+        if pid <= 1:
+            return False
+    return False
 
 
 def _is_zombie(pid: int) -> bool:

@@ -37,10 +37,21 @@ async def health(ctl: ControlServer, request: Request) -> Response:
                   "last_upgrade": ctl.daemon.last_upgrade})
 
 
-def _row(ctl: ControlServer, instance: Instance) -> dict[str, Any]:
+def _trees(ctl: ControlServer) -> dict[Instance, Any] | None:
+    """Whole-tree CPU and RSS of every instance (one /proc pass), when the health extension runs."""
+    health = ctl.engine.health
+    return health.memory.fresh() if health is not None and health.memory is not None else None
+
+
+def _row(ctl: ControlServer, instance: Instance, trees: dict[Instance, Any] | None) -> dict[str, Any]:
     row = instance.snapshot()
     cpu = rss = None
-    if instance.pid is not None:
+    if trees is not None:  # the whole tree's figures (a PyInstaller program, not its bootloader)
+        figures = trees.get(instance)
+        if figures is not None:
+            cpu, rss = figures.cpu_percent, figures.rss
+            row["processes"] = figures.processes
+    elif instance.pid is not None:
         cpu, rss = ctl.stats.sample(instance.pid)
     row["cpu_percent"] = cpu
     row["rss"] = rss
@@ -57,7 +68,8 @@ async def status(ctl: ControlServer, request: Request) -> Response:
     target = request.query.get("target") or "all"
     engine = ctl.engine
     instances = select(engine, target)
-    rows = [_row(ctl, i) for i in instances]
+    trees = _trees(ctl) if instances else None
+    rows = [_row(ctl, i, trees) for i in instances]
     ctl.stats.prune({i.pid for i in engine.instances.values() if i.pid is not None} | {os.getpid()})
     members: dict[str, list[Instance]] = {}
     for instance in engine.instances.values():  # one pass, whatever the number of types
@@ -102,6 +114,7 @@ async def status(ctl: ControlServer, request: Request) -> Response:
         "instances": counts["instances"],
         "forwarding": daemon.forwarder is not None,
         "backlog": ctl.backlog(),
+        "health": engine.health.view() if engine.health is not None else None,
     }
     return _json({"supervisor": supervisor, "types": types, "instances": rows})
 
@@ -121,7 +134,7 @@ async def describe(ctl: ControlServer, request: Request) -> Response:
     if not EXEC_ID_RE.fullmatch(exec_id):
         raise ApiError(400, f"{shorten(exec_id)!r} is not an exec id (ET-<Name>-<id>)")
     instance = known_instance(ctl.engine, exec_id)
-    info = _row(ctl, instance)
+    info = _row(ctl, instance, _trees(ctl))
     policy = instance.policy
     info.update({
         "argv": shown_argv(instance.spec.argv, instance.spec.cwd),
