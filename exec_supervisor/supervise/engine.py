@@ -18,12 +18,13 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
-from . import handover, osproc, procid
+from . import handover, osproc
 from ..config import ExecutorType, FarmConfig, InstanceSpec
 from ..events import Event, EventBus
 from .instance import Instance, State
 from .overrides import read_overrides
 from .plan import DONE, decide, plan_changes
+from .pidwatch import PidWatch
 from .timers import Cancellable, SlackTimers
 
 log = logging.getLogger("exec_supervisor")
@@ -74,7 +75,7 @@ class Engine:
         self._reconcile_lock = asyncio.Lock()
         self._state_listeners: list[Any] = []
         self._carried: set[int] = set()
-        self._pidfds: dict[int, int] = {}  # adopted pid -> its pidfd, read by the loop
+        self._adopted = PidWatch(self._adopted_exited)  # adopted processes: not our children
         self._helpers: dict[int, asyncio.Future[int]] = {}  # children that are not instances (upgrade check)
         self.operations: dict[str, int] = {}  # long operator commands in progress (an upgrade waits for none)
         self.health: Any = None  # the health extension (health/service.py), when installed
@@ -303,26 +304,13 @@ class Engine:
         if self._sigchld_handler:
             loop.remove_signal_handler(signal.SIGCHLD)
             self._sigchld_handler = False
-        for fd in self._pidfds.values():
-            loop.remove_reader(fd)
-            os.close(fd)
-        self._pidfds.clear()
+        self._adopted.close(loop)
 
     def watch_adopted(self, instance: Instance) -> bool:
-        """An adopted process is not our child: a pidfd on the loop tells its exit at once.
-        False when it is already gone (its identity is checked again once the pidfd holds it)."""
-        pid = instance.pid
-        assert pid is not None
-        try:
-            fd = os.pidfd_open(pid)
-        except OSError:
-            return False
-        if instance.start_ticks is not None and procid.start_ticks(pid) != instance.start_ticks:
-            os.close(fd)  # the pid was reused before the pidfd pinned it
-            return False
-        self._pidfds[pid] = fd
-        asyncio.get_running_loop().add_reader(fd, self._adopted_exited, instance, pid)
-        return True
+        """An adopted process is not our child: its exit comes through a pidfd (pidwatch).
+        False when it is already gone."""
+        assert instance.pid is not None
+        return self._adopted.watch(instance, instance.pid, instance.start_ticks)
 
     def watch_helper(self, pid: int) -> "asyncio.Future[int]":
         """The wait status of a child that is no instance: this engine reaps every child
@@ -342,9 +330,6 @@ class Engine:
                 del self.operations[name]
 
     def _adopted_exited(self, instance: Instance, pid: int) -> None:
-        fd = self._pidfds.pop(pid)
-        asyncio.get_running_loop().remove_reader(fd)
-        os.close(fd)
         if instance.pid != pid:
             return
         self._handling_exits = True
