@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any, Callable
 
 from . import __version__, config as config_mod
-from . import upgrade as upgrade_mod
 from .events import Event, EventBus, locallog
 from .supervise import handover, osproc
 from .supervise.engine import Engine
@@ -25,6 +24,13 @@ MEMORY_RELEASE_SECONDS = 10.0
 # Read from a SignalFd by the event loop (see run); blocked in every thread of the daemon.
 HANDLED_SIGNALS = (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR2)
 Shape = Callable[[config_mod.FarmConfig], config_mod.FarmConfig]
+
+
+def _upgrade() -> Any:
+    """upgrade.py, imported when an upgrade starts or resumes: the daemon's memory is a benchmarked target."""
+    from . import upgrade
+
+    return upgrade
 
 
 class DaemonError(Exception):
@@ -168,7 +174,7 @@ class Daemon:
         async def upgrade() -> None:
             try:
                 await self.upgrade()
-            except upgrade_mod.UpgradeRefused as exc:
+            except _upgrade().UpgradeRefused as exc:
                 log.error("exec-supervisor@%s: SIGUSR2: upgrade refused: %s", self.config.name, exc)
 
         asyncio.get_running_loop().create_task(upgrade())
@@ -197,11 +203,12 @@ class Daemon:
             self._loop.add_reader(self._signals.fd, self._on_signals)
 
     def handover_state(self, requested: float) -> dict[str, Any]:
-        return upgrade_mod.handover_state(self, requested)
+        return _upgrade().handover_state(self, requested)
 
-    async def upgrade(self, check_timeout: float = upgrade_mod.CHECK_TIMEOUT) -> dict[str, Any]:
+    async def upgrade(self, check_timeout: float | None = None) -> dict[str, Any]:
         """Check the installed code, then re-execute in place with the whole state (upgrade.py)."""
-        return await upgrade_mod.upgrade(self, check_timeout)
+        upgrade = _upgrade()
+        return await upgrade.upgrade(self, check_timeout or upgrade.CHECK_TIMEOUT)
 
     def _on_signals(self) -> None:
         assert self._signals is not None
@@ -344,7 +351,7 @@ class Daemon:
         self._release_memory()  # start-up's garbage (config models, YAML, the first spawns)
         counts = self.engine.counts()
         if self.resume is not None:
-            upgrade_mod.announce(self, carried, done)
+            _upgrade().announce(self, carried, done)
         else:
             self.emit("supervisor_started", instances=counts["desired"], types=len(self.config.executors),
                       pid=os.getpid(), version=__version__, started=done["started"])
@@ -390,7 +397,7 @@ class Daemon:
         daemon (adopted, or stopped with supervisor.on_restart: stop). Returns how many were taken."""
         engine = self.engine
         if self.resume is not None:
-            return upgrade_mod.resume_engine(self)
+            return _upgrade().resume_engine(self)
         engine.load_overrides()
         self._announce_overrides()
         for warning in self.config.secret_env_warnings():
@@ -470,7 +477,7 @@ def run(config_path: str, quiet: bool = False, extensions: list[Callable[[], Any
     start_args: the options of `start` an upgrade re-executes the daemon with (-q, --tail).
     shape: a change made to the config at every (re)load (see Daemon).
     """
-    inherited = upgrade_mod.parse_fds(fds)
+    inherited = _upgrade().parse_fds(fds) if fds else {}
     try:
         cfg = config_mod.load(config_path)
         if shape is not None:
@@ -490,7 +497,7 @@ def run(config_path: str, quiet: bool = False, extensions: list[Callable[[], Any
     state: dict[str, Any] | None = None
     if resume is not None:
         try:
-            state = upgrade_mod.read_state(resume)
+            state = _upgrade().read_state(resume)
         except handover.StateError as exc:
             log.error("upgrade: %s; adopting the live executors instead", exc)
             state = {"fallback": str(exc), "instances": []}

@@ -341,7 +341,7 @@ def test_state_file_records_pid_and_start_time(farm: Farm) -> None:
     boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
     for exec_id, pid in pids.items():
         record = data["instances"][exec_id]
-        assert record["pid"] == pid and record["boot_id"] == boot
+        assert record["pid"] == pid and data["boot_id"] == boot
         stat = Path(f"/proc/{pid}/stat").read_bytes()
         assert record["start_ticks"] == int(stat[stat.rfind(b")") + 2:].split()[19])
         ticks = os.sysconf("SC_CLK_TCK")

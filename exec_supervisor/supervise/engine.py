@@ -438,7 +438,8 @@ class Engine:
             record = handover.identity_record(instance)
             if record is not None:
                 records[exec_id] = record
-        write_json_atomic(self.state_file, {"supervisor_pid": os.getpid(), "instances": records})
+        write_json_atomic(self.state_file, {"supervisor_pid": os.getpid(), "boot_id": handover.boot_id(),
+                                            "instances": records})
 
     @property
     def retiring(self) -> set[Instance]:

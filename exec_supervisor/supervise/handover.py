@@ -56,20 +56,20 @@ def launch_hash(spec: InstanceSpec) -> str:
     """A digest of what the process was started with: tells a changed config apart without
     writing env values (secrets live there) into a file."""
     text = json.dumps([spec.argv, spec.env, spec.cwd], separators=(",", ":"))
-    return hashlib.sha256(text.encode()).hexdigest()[:32]
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def identity_record(instance: Instance) -> dict[str, Any] | None:
-    """What instances.json keeps of a live instance: enough to adopt it, and only it, later."""
+    """What instances.json keeps of a live instance: enough to adopt it, and only it, later (with
+    the file's boot_id; the exec id it is filed under gives type and id). Kept small: the file is
+    rewritten after every burst of state changes, and its garbage costs a farm of 1000 its RSS."""
     pid = instance.pid
     if pid is None:
         return None
     if instance.start_ticks is None:
         instance.start_ticks = start_ticks(pid, zombie_ok=True)  # once per spawn
-    spec = instance.spec
-    return {"pid": pid, "start_ticks": instance.start_ticks, "boot_id": boot_id(), "type": spec.type,
-            "id": spec.id, "restarts": instance.restarts, "started": instance.started_wall,
-            "launch": launch_hash(spec)}
+    return {"pid": pid, "start_ticks": instance.start_ticks, "restarts": instance.restarts,
+            "launch": launch_hash(instance.spec)}
 
 
 # --------------------------------------------------------------------------- upgrade: write
@@ -79,9 +79,9 @@ def snapshot(engine: Engine, retiring: set[Instance]) -> dict[str, Any]:
     """Everything the engine knows at run time, as JSON-ready data (call with the loop frozen)."""
     records = []
     for exec_id, inst in engine.instances.items():
-        record = identity_record(inst) or {"type": inst.spec.type, "id": inst.spec.id,
-                                           "launch": launch_hash(inst.spec)}
+        record = identity_record(inst) or {"launch": launch_hash(inst.spec)}
         record.update({
+            "type": inst.spec.type, "id": inst.spec.id, "boot_id": boot_id(),
             "exec_id": exec_id, "argv": list(inst.spec.argv), "cwd": inst.spec.cwd,
             "stop_signal": int(inst.policy.stop_signal), "stop_timeout": inst.policy.stop_timeout,
             "state": inst.state.value, "want_running": inst.want_running, "pgid": inst._pgid,
@@ -157,7 +157,8 @@ def restore(engine: Engine, data: dict[str, Any], children: bool) -> dict[str, A
 def _spec_and_policy(engine: Engine, record: dict[str, Any],
                      wanted: dict[str, tuple[InstanceSpec, ExecutorType]]) -> tuple[InstanceSpec, ExecutorType]:
     exec_id = record["exec_id"]
-    type_name, instance_id = str(record["type"]), int(record["id"])
+    named, _, number = exec_id[3:].rpartition("-")  # ET-<Type>-<id>
+    type_name, instance_id = str(record.get("type") or named), int(record.get("id", number))
     if exec_id in wanted:
         spec, policy = wanted[exec_id]
     elif type_name in engine.config.executors:
@@ -320,4 +321,5 @@ def read_records(path: os.PathLike[str] | str) -> dict[str, dict[str, Any]]:
     records = data.get("instances") if isinstance(data, dict) else None
     if not isinstance(records, dict):
         return {}
-    return {k: v for k, v in records.items() if isinstance(k, str) and isinstance(v, dict)}
+    boot = data.get("boot_id")
+    return {k: {"boot_id": boot, **v} for k, v in records.items() if isinstance(k, str) and isinstance(v, dict)}

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ... import upgrade as upgrade_mod
 from ..httpserver import HttpError as ApiError, Request, Response, json_response as _json
 from ..params import body_of, number
 from ..route import Route
@@ -21,6 +20,8 @@ if TYPE_CHECKING:
 
 
 async def upgrade(ctl: ControlServer, request: Request) -> Response:
+    from ... import upgrade as upgrade_mod  # only when asked: most daemons never upgrade
+
     body = await body_of(request)
     ctl.check_running()
     timeout = number(body.get("timeout"), "timeout", upgrade_mod.CHECK_TIMEOUT, 1, 3600)
