@@ -155,3 +155,25 @@ def test_adoption_leaves_out_instances_the_config_no_longer_wants(farm: Farm) ->
     assert running_pids(farm) == {k: v for k, v in pids.items() if k != "ET-Gone-0"}
     wait_until(lambda: not alive(pids["ET-Gone-0"]), 10, what="the leftover of a removed type stopped")
     assert farm.stop() == 0
+
+
+def test_adopted_executors_stay_adopted_across_an_upgrade(farm: Farm) -> None:
+    farm.write({"S": {**farm.program("sleep"), "count": 2}})
+    farm.start(wait_instances=2)
+    wait_until(lambda: len(running_pids(farm)) == 2, 30, what="2 running")
+    pids = {k: r["pid"] for k, r in rows(farm).items()}
+    kill_daemon(farm, pids)
+    farm.start()
+    wait_until(lambda: running_pids(farm) == pids, 30, what="2 adopted")
+    upgraded = subprocess.run([sys.executable, "-m", "exec_supervisor.cli", "upgrade", "-c", str(farm.config_path)],
+                              capture_output=True, text=True, timeout=120)
+    assert upgraded.returncode == 0, upgraded.stderr
+    assert running_pids(farm) == pids and "2 instances carried over" in upgraded.stdout
+    # Still watched through a pidfd by the new image: an exit is seen and restarted.
+    os.kill(pids["ET-S-0"], signal.SIGKILL)
+    row = wait_until(lambda: (r := rows(farm).get("ET-S-0")) and r["state"] == "running"
+                     and r["pid"] != pids["ET-S-0"] and r, 10, what="ET-S-0 restarted")
+    assert row["last_exit"]["status_unknown"] is True
+    assert rows(farm)["ET-S-1"]["pid"] == pids["ET-S-1"]
+    assert farm.stop() == 0
+    assert not alive(pids["ET-S-1"])
