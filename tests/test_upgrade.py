@@ -286,3 +286,45 @@ def test_a_new_image_that_cannot_read_the_handed_over_state_adopts_the_live_exec
     assert "adopting the live executors instead" in log and "live executors were adopted" in log
     assert not broken.exists()
     assert farm.stop() == 0
+
+
+def test_executor_log_lines_keep_flowing_across_an_upgrade(farm: Farm, svc: DevService) -> None:
+    # Lines logged while the daemon re-executes wait in the log socket it keeps open (up to the
+    # kernel's net.unix.max_dgram_qlen datagrams); beyond that the toolkit posts them itself, as
+    # it does with no supervisor. Either way none is lost.
+    import re
+    from collections import defaultdict
+
+    talker = ROOT / "tests" / "programs" / "talker.py"
+    farm.write({"Talker": {"command": [sys.executable, str(talker)], "count": 2,
+                           "env": {"TALK_MODE": "count", "TALK_EVERY": "0.02"}}},
+               service={"host": svc.url}, events={"forward": True})
+    farm.start(wait_instances=2)
+    farm.wait_started(2)
+    line = re.compile(r"^(ET-\w+-\d+): pid=(\d+) line (\d+)$")
+    assert svc.wait_for(lambda es: sum(1 for e in es if line.match(e["message"])) >= 20, 20)
+    before = farm.instances()
+    sock = farm.state_dir / "log.sock"
+    inode = sock.stat().st_ino
+    result = cli(farm, "upgrade")
+    assert result.returncode == 0, result.stderr
+    assert sock.stat().st_ino == inode  # the same socket, kept open across the re-exec
+    after = len([e for e in svc.entries if line.match(e["message"])])
+    assert svc.wait_for(lambda es: sum(1 for e in es if line.match(e["message"])) >= after + 50, 20)
+    assert farm.instances() == before
+    rows = {r["exec_id"]: r for r in api(farm).call("GET", "/v1/status")[1]["instances"]}
+    assert all(r["lines"]["relayed"] > 0 for r in rows.values())  # the new image relays from the same socket
+    assert farm.stop() == 0
+    printed: dict[str, int] = {}
+    for exec_id in before:
+        for text in (farm.log_dir / f"{exec_id}.log").read_text().splitlines():
+            match = re.match(r"^\[info\] (ET-\w+-\d+): pid=\d+ line (\d+)$", text)
+            if match:
+                printed[exec_id] = int(match.group(2))
+    got: dict[str, set[int]] = defaultdict(set)
+    for entry in svc.entries:
+        match = line.match(entry["message"])
+        if match:
+            got[match.group(1)].add(int(match.group(3)))
+    for exec_id, last in printed.items():
+        assert got[exec_id] == set(range(last + 1)), f"{exec_id}: lines lost across the upgrade"

@@ -85,6 +85,21 @@ class LineSocket:
             raise
         self.sock = sock
 
+    @classmethod
+    def inherited(cls, address: str, fd: int) -> "LineSocket":
+        """The socket an upgrading daemon kept open across its re-exec (OSError if it is not that one)."""
+        sock = socket.socket(fileno=fd)
+        name = sock.getsockname()
+        expected = b"\0" + address[1:].encode() if address.startswith("@") else address
+        if sock.family != socket.AF_UNIX or sock.type != socket.SOCK_DGRAM or name != expected:
+            sock.close()
+            raise OSError(f"descriptor {fd} is not the log socket {address}")
+        sock.set_inheritable(False)
+        sock.setblocking(False)
+        self = cls.__new__(cls)
+        self.address, self.refused, self.sock = address, 0, sock
+        return self
+
     def fileno(self) -> int:
         return self.sock.fileno()
 

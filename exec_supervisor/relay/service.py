@@ -37,8 +37,15 @@ class LogSocket:
         if daemon.forwarder is None:
             return
         address = socket_address(daemon.config.state_dir)
+        kept = daemon.inherited.pop("log_socket", None)  # an in-place upgrade kept it: no line is lost
+        if kept is not None:
+            try:
+                self.socket = LineSocket.inherited(address, kept)
+            except OSError as exc:
+                log.error("upgrade: the log socket handed over is unusable (%s); opening it anew", exc)
         try:
-            self.socket = LineSocket(address)
+            if self.socket is None:
+                self.socket = LineSocket(address)
         except OSError as exc:
             log.error("cannot open the executors' log socket %s (%s); executors post their lines directly",
                       address, exc.strerror or exc)
@@ -63,6 +70,16 @@ class LogSocket:
                                 "of this farm, or not a log line (last from pid %d)", forwarder.lines.refused, pid)
                 continue
             forwarder.add_line(instance.spec.exec_id, line[0], line[1])
+
+    async def hand_over(self, daemon: Any) -> dict[str, int]:
+        """Before an in-place upgrade: take what is waiting; lines sent from now on wait in the
+        socket, which the next image keeps reading."""
+        if self.socket is None:
+            return {}
+        self._on_readable()
+        if self._loop is not None:
+            self._loop.remove_reader(self.socket.fileno())
+        return {"log_socket": self.socket.fileno()}
 
     async def stopping(self, daemon: Any) -> None:
         pass
