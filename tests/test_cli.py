@@ -287,6 +287,11 @@ def test_reload_dry_run_matches_what_reload_does(farm: Farm) -> None:
     b1_stop = [h["time"] for h in b1 if h["state"] == "stopping"][-1]
     assert b1_stop >= b0_back, (b0, b1)
     assert "reload would: 0 start, 0 stop, 0 restart, 6 unchanged" in run_ok(farm, "reload", "--dry-run")
+    farm.config_path.write_text(farm.config_path.read_text().replace("count: 2", "count: -2", 1))
+    broken = cli(farm, "reload", "--dry-run")
+    assert broken.returncode == 2 and re.search(rf"^{re.escape(str(farm.config_path))}:\d+: executors\.A\.count",
+                                                 broken.stderr, re.M), broken.stderr
+    assert "reload_failed" not in run_ok(farm, "events", "--json"), "a dry run reports, it does not log a refusal"
     assert farm.stop() == 0
 
 

@@ -750,3 +750,16 @@ def test_executor_lines_survive_a_restart_of_the_forwarder(tmp_path: Path, svc: 
     second.fw.start()
     assert svc.wait_for(lambda es: len(es) >= 10, 10)
     assert [e["message"] for e in svc.entries] == [f"ET-Dummy-3: line {k}" for k in range(10)]
+
+
+def test_a_late_note_names_the_day_when_not_today() -> None:
+    from exec_supervisor.events.payload import build_payload, encode_payload, iso_time, mark_delayed
+
+    then = round(time.time()) - 3 * 86400
+    data = encode_payload({**build_payload(info(5), "en"), "time": iso_time(then)})
+    marked = json.loads(mark_delayed(data, then + 3 * 86400))
+    day = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(then))
+    assert marked["message"] == f"ET-Dummy-5: running (pid 1005) (delayed 259200 s, at {day})"
+    assert marked["time"] == iso_time(then)
+    fresh = encode_payload(build_payload(info(6), "en"))
+    assert mark_delayed(fresh, time.time()) is fresh, "an event on time is sent byte for byte as spooled"
