@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import errno
 import fcntl
+import grp
 import logging
 import os
 import signal
+import stat
 import threading
 import time
 from pathlib import Path
@@ -16,6 +18,7 @@ from typing import Any, Callable
 from . import __version__, config as config_mod
 from .events import Event, EventBus, locallog
 from .supervise import handover, osproc
+from .supervise.containment import CgroupUnavailable
 from .supervise.engine import Engine
 
 log = logging.getLogger("exec_supervisor")
@@ -49,7 +52,7 @@ class StateLock:
         self._fd: int | None = None
 
     def acquire(self) -> None:
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:
@@ -86,15 +89,52 @@ class StateLock:
             self._fd = None
 
 
-def _prepare_dirs(cfg: config_mod.FarmConfig) -> None:
-    for key, path in (("supervisor.state_dir", cfg.state_dir), ("supervisor.log_dir", cfg.log_dir)):
+def _prepare_dirs(cfg: config_mod.FarmConfig) -> int | None:
+    """Make state_dir private and log_dir usable; returns supervisor.log_group's gid (or None)."""
+    for key, path, mode in (("supervisor.state_dir", cfg.state_dir, 0o700), ("supervisor.log_dir", cfg.log_dir, 0o750)):
         try:
-            path.mkdir(parents=True, exist_ok=True)
+            path.mkdir(mode=mode, parents=True, exist_ok=True)
             probe = path / f".write-test-{os.getpid()}"  # run-one processes share a log_dir
             probe.touch()
             probe.unlink()
         except OSError as exc:
             raise DaemonError(f"{cfg.path.name}: {key}: cannot use {path}: {exc.strerror}", 2) from None
+    _make_private(cfg)
+    if cfg.log_group is None:
+        return None
+    try:
+        return grp.getgrnam(cfg.log_group).gr_gid
+    except KeyError:
+        if cfg.log_group.isdigit():
+            return int(cfg.log_group)
+        raise DaemonError(f"{cfg.path.name}: supervisor.log_group: there is no group named {cfg.log_group!r} "
+                          "on this machine", 2) from None
+
+
+def _make_private(cfg: config_mod.FarmConfig) -> None:
+    """state_dir 0700 and every file in it 0600 (crash output, pids, tokens' traces live there).
+
+    When the control socket is inside it and control.group may use it, the group gets search
+    permission only (0710): it reaches the socket, and lists or reads nothing.
+    """
+    mode, gid = 0o700, -1
+    if cfg.control.group and cfg.socket_path.parent == cfg.state_dir:
+        try:
+            gid = grp.getgrnam(cfg.control.group).gr_gid
+        except KeyError:
+            gid = int(cfg.control.group) if cfg.control.group.isdigit() else -1
+        mode = 0o710 if gid != -1 else 0o700
+    try:
+        os.chown(cfg.state_dir, -1, gid)
+        os.chmod(cfg.state_dir, mode)
+        for root, dirs, files in os.walk(cfg.state_dir):  # written by an older version, or by hand
+            for name in dirs + files:
+                path = os.path.join(root, name)
+                info = os.lstat(path)  # a symlink is left alone (chmod would change its target)
+                if (stat.S_ISREG(info.st_mode) or stat.S_ISDIR(info.st_mode)) and info.st_mode & 0o077:
+                    os.chmod(path, stat.S_IMODE(info.st_mode) & 0o700)
+    except OSError as exc:
+        log.warning("cannot make %s private: %s", cfg.state_dir, exc.strerror or exc)
 
 
 class Daemon:
@@ -258,7 +298,7 @@ class Daemon:
                 new = self.shape(new)
         except config_mod.ConfigError as exc:
             return None, [str(p) for p in exc.problems]
-        for key in ("state_dir", "log_dir"):
+        for key in ("state_dir", "log_dir", "containment", "log_group"):
             if getattr(new, key) != getattr(self.config, key):
                 return None, [f"{self.config.path.name}: supervisor.{key}: cannot change while running "
                               "(restart the daemon)"]
@@ -318,6 +358,10 @@ class Daemon:
 
     async def run(self) -> int:
         loop = self._loop = asyncio.get_running_loop()
+        try:
+            self.engine.setup_containment(self.config.containment)
+        except CgroupUnavailable as exc:
+            raise DaemonError(f"{self.config.path.name}: supervisor.containment: cgroup: {exc}", 2) from None
         if self._signals is not None:
             self._signal_handlers: dict[int, Callable[[], None]] = {
                 signal.SIGCHLD: self.engine.on_child_exits,
@@ -336,7 +380,11 @@ class Daemon:
         self.bus.subscribe(locallog.event_sink)
         self._start_forwarder()
         carried = self._take_over()
+        self.engine.claim_cgroups()  # instances carried over or adopted keep their cgroup
         await self._start_extensions()
+        info = self.engine.containment_info()
+        log.info("exec-supervisor@%s: containment: %s%s", self.config.name, info["mode"],
+                 f" ({info['cgroup']})" if info["cgroup"] else "")
         # Clients find this daemon through the entry even when its config file is broken.
         from .control import registry
 
@@ -425,6 +473,8 @@ class Daemon:
                     log.exception("extension %s.stop failed", type(extension).__name__)
             if self.forwarder is not None:
                 await asyncio.get_running_loop().run_in_executor(None, self.forwarder.stop)
+            if self.engine.cgroups is not None:
+                self.engine.cgroups.close()
             if isinstance(exc, DaemonError):
                 raise
             code = getattr(exc, "exit_code", None)
@@ -490,7 +540,7 @@ def run(config_path: str, quiet: bool = False, extensions: list[Callable[[], Any
     share_problem = cfg.share_problem()
     if share_problem:  # a typo in supervisor.name or hosts: must not quietly run nothing
         raise DaemonError(share_problem, 2)
-    _prepare_dirs(cfg)
+    log_gid = _prepare_dirs(cfg)
     lock = StateLock(cfg.state_dir)
     if "lock" not in inherited or not lock.adopt(inherited.pop("lock")):
         lock.acquire()
@@ -514,6 +564,7 @@ def run(config_path: str, quiet: bool = False, extensions: list[Callable[[], Any
     try:
         async def main() -> int:
             daemon = Daemon(cfg, signals, resume=state, inherited=inherited, shape=shape)
+            daemon.engine.log_gid = log_gid
             daemon.start_args = list(start_args or ())
             daemon.lock = lock
             daemon.extensions = [make() for make in [*default_extensions(), *(extensions or [])]]

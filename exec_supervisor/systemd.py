@@ -217,6 +217,7 @@ HARDENING = """\
 #   PrivateDevices=, ProtectClock=, DeviceAllow=   close /dev (ProtectClock implies a DeviceAllow
 #                  list): GPU executors need /dev/nvidia*, /dev/dri
 #   MemoryDenyWriteExecute=, RestrictNamespaces=, SystemCallFilter=   break JITs and sandboxes
+#   ProtectControlGroups=   makes /sys/fs/cgroup read-only, the delegated cgroup too (Delegate=yes)
 # ProtectSystem=full makes /usr, /boot and /etc read-only: keep state and logs out of /etc.
 # NoNewPrivileges=yes: executors cannot gain privileges through setuid programs (sudo).
 NoNewPrivileges=yes
@@ -224,7 +225,6 @@ ProtectSystem=full
 ProtectKernelTunables=yes
 ProtectKernelModules=yes
 ProtectKernelLogs=yes
-ProtectControlGroups=yes
 ProtectHostname=yes
 RestrictSUIDSGID=yes
 RestrictRealtime=yes
@@ -324,12 +324,15 @@ RestartSec=2
 WatchdogSec={WATCHDOG_SEC}
 # state_dir and log_dir when the config leaves them unset: /var/lib/exec-supervisor, /var/log/exec-supervisor.
 StateDirectory=exec-supervisor
-StateDirectoryMode=0750
+StateDirectoryMode=0700
 LogsDirectory=exec-supervisor
 LogsDirectoryMode=0750
 {extra_rw}LimitNOFILE=65536
 # A farm is many processes (and their threads): the default TasksMax would cap it.
 TasksMax=infinity
+# The unit's cgroup is the daemon's to manage: each instance gets a cgroup of its own in it
+# (supervisor.containment), so nothing an executor starts can escape its stop.
+Delegate=yes
 Environment=PYTHONUNBUFFERED=1
 SyslogIdentifier=exec-supervisor
 #User=exec-supervisor

@@ -149,7 +149,25 @@ class Farm:
                 process.kill()
             except psutil.Error:
                 pass
+        self.remove_cgroups()
         return described
+
+    def remove_cgroups(self) -> None:
+        """The farm's cgroup outlives a SIGKILLed daemon (the next one reuses it): tests remove it."""
+        from exec_supervisor.supervise import containment
+
+        try:
+            farm_dir, _ = containment.placement(containment.farm_id(self.state_dir))
+        except containment.CgroupUnavailable:
+            return
+        for path in [*Path(farm_dir).glob("ET-*"), Path(farm_dir)]:
+            if (path / "cgroup.kill").exists() and containment.populated(str(path)):
+                containment.kill(str(path))
+                wait_until(lambda: not containment.populated(str(path)), 5, what=f"{path} empty")
+            try:
+                path.rmdir()
+            except OSError:
+                pass
 
 
 @pytest.fixture

@@ -174,9 +174,12 @@ def test_children_orphaned_at_the_exit_itself_are_stopped_before_the_restart(far
     # Every such child must be stopped as part of that exit, not left for a later one.
     # Orphans are found on the main thread's children list, which holds only them when the
     # loop (which spawns) runs on a thread of its own, and the instances too when it does not.
+    # This is the process containment's mechanism; with cgroups the cgroup holds them
+    # (test_containment.py).
     count = 20
     farm.write({"Forker": {**farm.program("daemonize"), "count": count, "stop_timeout": 1,
-                           "backoff": {"initial": 1.0, "max": 1.0, "jitter": 0}}})
+                           "backoff": {"initial": 1.0, "max": 1.0, "jitter": 0}}},
+               supervisor={"containment": "process"})
     farm.start(launcher=None if launch == "signalfd" else WITHOUT_SIGNALFD)
     assert farm.daemon is not None
     daemon = psutil.Process(farm.daemon.pid)

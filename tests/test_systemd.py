@@ -131,10 +131,12 @@ def test_systemd_unit_for_a_config(farm: Farm, tmp_path: Path) -> None:
     assert exec_start.endswith(f"start {farm.config_path}")
     for line in ("Type=notify", "ExecReload=/bin/kill -HUP $MAINPID", "KillMode=mixed", "TimeoutStopSec=55",
                  "Restart=on-failure", "StateDirectory=exec-supervisor", "LogsDirectory=exec-supervisor",
-                 "LimitNOFILE=", "NoNewPrivileges=yes", "ProtectSystem=full"):
+                 "LimitNOFILE=", "NoNewPrivileges=yes", "ProtectSystem=full", "Delegate=yes",
+                 "StateDirectoryMode=0700"):
         assert re.search(rf"^{re.escape(line)}", unit, re.M), line
     assert re.search(r"^WatchdogSec=\d+", unit, re.M)
-    assert not re.search(r"^(ProtectHome|PrivateTmp|PrivateDevices|ProtectClock)=", unit, re.M)
+    # ProtectControlGroups would make the delegated cgroup read-only: containment needs it
+    assert not re.search(r"^(ProtectHome|PrivateTmp|PrivateDevices|ProtectClock|ProtectControlGroups)=", unit, re.M)
     # The config names its own state_dir / log_dir: ProtectSystem must not make them read-only.
     assert f"-{farm.state_dir}" in unit and f"-{farm.log_dir}" in unit
     assert len(result.stderr.strip().splitlines()) == 1 and "systemctl" in result.stderr

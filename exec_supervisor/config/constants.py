@@ -13,7 +13,7 @@ SHOWN_KEY_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,31}")
 PLACEHOLDERS = ("id", "name", "exec_id", "service_host")
 DEFAULT_ARGS = ("--service-host", "{service_host}", "--id", "{id}")
 # Set by the supervisor for every instance; a config may not set them.
-RESERVED_ENV = ("ET_EXEC_ID", "ET_NAME", "ET_ID", "ET_SERVICE_HOST", "NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")
+RESERVED_ENV = ("ET_EXEC_ID", "ET_NAME", "ET_ID", "ET_SERVICE_HOST", "NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "ET_FARM")
 # Keys that only make sense per type (see _check_defaults).
 PER_TYPE_KEYS = ("command", "ids", "count", "hosts")
 MAX_IDS = 100_000  # per type; a typo like 0-1000000 must not eat the machine

@@ -346,6 +346,8 @@ def _load(path: Any, display: str, environ: Mapping[str, str]) -> FarmConfig:
         max_instances=supervisor.max_instances or default_max_instances(),
         on_restart=supervisor.on_restart,
         probe_programs=probe_programs,
+        containment=supervisor.containment,
+        log_group=supervisor.log_group,
     )
     # What only a whole instance shows: its command line and environment as the kernel will get them.
     check_instances(collector, farm, raw_executors, defaults, environ, explicit=supervisor.max_instances is not None)

@@ -307,6 +307,10 @@ class SupervisorConfig(Strict):
     max_instances: Annotated[Int, Field(ge=1)] | None = None
     # What `start` does with executors a dead daemon left running: take them over, or stop them.
     on_restart: Literal["adopt", "stop"] = "adopt"
+    # How the daemon knows an instance's processes: cgroup v2 when it can create cgroups, else process groups.
+    containment: Literal["auto", "cgroup", "process"] = "auto"
+    # Group of the instance logs (mode 0640), e.g. one whose members may read them; None: the daemon's.
+    log_group: Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")] | None = None
 
     @field_validator("name")
     @classmethod
@@ -400,6 +404,8 @@ class FarmConfig:
     output: Literal["files", "inherit"] = "files"
     # The same as programs for each type's exec probe, if it has one.
     probe_programs: Mapping[str, str] = field(default_factory=dict)
+    containment: str = "auto"  # supervisor.containment: auto | cgroup | process
+    log_group: str | None = None  # supervisor.log_group
 
     @property
     def socket_path(self) -> Path:

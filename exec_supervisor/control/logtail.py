@@ -11,6 +11,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from ..supervise.logfiles import nofollow_opener
+
 MAX_TAIL_BYTES = 4 * 1024 * 1024
 FOLLOW_CHUNK = 256 * 1024
 
@@ -26,7 +28,7 @@ def _identity(path: Path) -> tuple[int, int, int] | None:
 def read_tail(path: Path, lines: int, max_bytes: int = MAX_TAIL_BYTES) -> tuple[bytes, int]:
     """The last `lines` lines of path (reading at most max_bytes) and the offset of its end."""
     try:
-        handle = open(path, "rb")
+        handle = open(path, "rb", opener=nofollow_opener)
     except OSError:
         return b"", 0
     with handle:
@@ -103,7 +105,7 @@ class LogFollower:
     @staticmethod
     def _read(path: Path, offset: int, limit: int) -> bytes:
         try:
-            with open(path, "rb") as handle:
+            with open(path, "rb", opener=nofollow_opener) as handle:
                 handle.seek(offset)
                 return handle.read(limit)
         except OSError:

@@ -84,7 +84,8 @@ class DeadLetterFile:
         try:
             if self.path.exists() and self.path.stat().st_size > DEAD_LETTER_MAX_BYTES:
                 os.replace(self.path, self.path.with_name(DEAD_LETTER_FILE + ".1"))
-            with open(self.path, "a", encoding="utf-8") as handle:
+            # crash output is in there: readable by the daemon's user only, never through a symlink
+            with open(self.path, "a", encoding="utf-8", opener=_private) as handle:
                 handle.write(line + "\n")
         except OSError as exc:
             log.error("cannot write the dead-letter file %s: %s", self.path, exc.strerror or exc)
@@ -254,3 +255,7 @@ class DeliveryStatus:
             "next_seq": spool.next_seq,
             "state": self.state,
         }
+
+
+def _private(path: str, flags: int) -> int:
+    return os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)

@@ -71,10 +71,12 @@ RestartSec=2
 WatchdogSec={shipped.WATCHDOG_SEC}
 # state_dir when the config leaves it unset: /var/lib/exec-supervisor/ET-{type_name}-<id> for each instance.
 StateDirectory=exec-supervisor
-StateDirectoryMode=0750
+StateDirectoryMode=0700
 LogsDirectory=exec-supervisor
 LogsDirectoryMode=0750
 {_read_write_paths(cfg)}TasksMax=infinity
+# run-one contains its instance in a cgroup of the unit's own (supervisor.containment).
+Delegate=yes
 Environment=PYTHONUNBUFFERED=1
 SyslogIdentifier=et-{type_name.lower()}-%i
 #User=exec-supervisor

@@ -3,7 +3,8 @@
 Start, stop, scale and reload all change the desired state and call
 `reconcile()`; there is one path that starts, stops or restarts the difference.
 The engine also reaps children (SIGCHLD through a signalfd, then waitpid(-1), so
-orphans adopted as subreaper are reaped too), rotates log files and records runtime state.
+orphans adopted as subreaper are reaped too), rotates log files, records every spawn in the
+journal before anything else can happen, and finds (and stops) what a dead daemon left.
 """
 
 from __future__ import annotations
@@ -18,7 +19,9 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
-from . import handover, osproc
+from . import containment, handover, logfiles, osproc
+from .journal import SpawnJournal, SpawnRecord, ticks_of
+from .ownership import Ownership
 from ..config import ExecutorType, FarmConfig, InstanceSpec
 from ..events import Event, EventBus
 from .instance import Instance, State
@@ -31,7 +34,7 @@ log = logging.getLogger("exec_supervisor")
 
 SPAWN_BATCH = 64  # spawns between yields to the loop, so signals and requests stay served
 LOG_CHECK_SECONDS = 5.0
-STATE_FLUSH_SECONDS = 0.5
+STATE_FLUSH_SECONDS = 0.5  # instances.json: the adoption records (the spawn journal is written at once)
 ORPHAN_SCAN_TTL = 0.02
 # systemd hands these to the daemon only; an executor that saw them could confuse systemd.
 PRIVATE_ENV = ("NOTIFY_SOCKET", "WATCHDOG_PID", "WATCHDOG_USEC", "LISTEN_PID", "LISTEN_FDS",
@@ -44,15 +47,20 @@ def secret_env_names(config: FarmConfig) -> tuple[str, ...]:
     return tuple(name for name in (auth.token_env, auth.username_env, auth.password_env) if name)
 
 
-class Engine:
+class Engine(Ownership):
     def __init__(self, config: FarmConfig, bus: EventBus) -> None:
         self.bus = bus
         self.farm_env: dict[str, str] = {}  # set by the daemon's extensions (ET_LOG_SOCKET, ...)
+        # Every instance carries the farm's mark: the next daemon finds its processes by it.
+        self.farm = containment.farm_id(config.state_dir)
         self.config = config  # sets base_env too
         # The bus's own method, not one that calls it: a frame less for each of a restart's events.
         self.publish: Callable[[Event], None] = bus.publish
         self.supervisor_name = config.name
         self.log_dir: Path | None = config.log_dir if config.output == "files" else None
+        self.cgroups: containment.Cgroups | None = None  # set by setup_containment
+        self.log_gid: int | None = None  # supervisor.log_group, resolved by the daemon
+        self.journal = SpawnJournal(config.state_dir)
         self.instances: dict[str, Instance] = {}
         self.timers = SlackTimers()
         # Runtime overrides: id sets set by `scale` (and when), instances held stopped by `stop`.
@@ -91,31 +99,12 @@ class Engine:
         self._secrets = secret_env_names(config)
         hidden = set(PRIVATE_ENV) | set(self._secrets)
         self.base_env = osproc.encode_env({**{k: v for k, v in os.environ.items() if k not in hidden},
-                                           **self.farm_env})
+                                           **self.farm_env, containment.FARM_ENV: self.farm})
 
     def set_farm_env(self, name: str, value: str) -> None:
         """A variable every instance spawned from now on gets (a socket of the daemon's, say)."""
         self.farm_env[name] = value
         self.base_env[os.fsencode(name)] = os.fsencode(value)
-
-    def owner_of(self, pid: int) -> Instance | None:
-        """The instance a process belongs to: its main pid, process group or session leader, or
-        failing those (a grandchild that left both) the ET_EXEC_ID it inherited. None otherwise."""
-        instance = self._by_pid.get(pid)
-        if instance is not None:
-            return instance
-        try:
-            for leader in (os.getpgid(pid), os.getsid(pid)):
-                instance = self._by_pid.get(leader)
-                if instance is not None:
-                    return instance
-        except OSError:
-            return None
-        instance = self.instances.get(osproc.environ_value(pid, "ET_EXEC_ID") or "")
-        # The environment is the sender's to write: only a descendant of this daemon is believed.
-        if instance is None or instance.pid is None or not osproc.descends_from(pid, os.getpid()):
-            return None
-        return instance
 
     # ------------------------------------------------------------------ Host protocol
 
@@ -136,6 +125,28 @@ class Engine:
         self._by_pid[pid] = instance
         if carried:
             self._carried.add(pid)
+
+    def spawn(self, instance: Instance, env: dict[bytes, bytes]) -> int:
+        """Start the instance's process (in its cgroup when contained) and journal it at once."""
+        spec = instance.spec
+        log_fd = logfiles.open_log(instance.log_file, self.log_gid)
+        try:
+            if self.cgroups is not None:
+                pid, instance.cgroup = self.cgroups.spawn(spec.exec_id, spec.argv, env, spec.cwd, log_fd)
+            else:
+                pid = osproc.spawn(spec.argv, env, spec.cwd, log_fd)
+        finally:
+            os.close(log_fd)
+        self._by_pid[pid] = instance
+        self.journal.record(spec.exec_id, pid, instance.started_boottime, instance.cgroup)
+        if self.journal.due(len(self._by_pid)):
+            self.journal.compact(self._live_records())
+        return pid
+
+    def _live_records(self) -> list[SpawnRecord]:
+        boot = self.journal.boot
+        return [SpawnRecord(i.spec.exec_id, pid, ticks_of(i.started_boottime), boot, i.cgroup)
+                for pid, i in self._by_pid.items()]
 
     def orphans_of(self, exec_id: str) -> set[int]:
         """Our children that are not main processes but carry exec_id (re-parented leftovers)."""
@@ -236,7 +247,7 @@ class Engine:
                     continue
                 action = self._decide(exec_id, instance, None)
                 if action == "forget":
-                    del self.instances[exec_id]
+                    self._forget(instance)
                 elif action == "stop":
                     done["stopped"] += 1
                     if changes is not None:
@@ -285,10 +296,16 @@ class Engine:
             exec_id = instance.spec.exec_id
             # A scale-up while it stopped may have wanted it back: then it stays.
             if self.instances.get(exec_id) is instance and not instance.want_running:
-                del self.instances[exec_id]
+                self._forget(instance)
                 self.state_changed(instance)
 
         asyncio.get_running_loop().create_task(remove_when_stopped())
+
+    def _forget(self, instance: Instance) -> None:
+        """Drop a removed instance (scaled down, gone from the config) and its empty cgroup."""
+        del self.instances[instance.spec.exec_id]
+        if instance.cgroup is not None and self.cgroups is not None:
+            self.cgroups.remove(instance.cgroup)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -382,10 +399,19 @@ class Engine:
         if self._log_handle:
             self._log_handle.cancel()
         self._flush_state()
+        self.journal.compact(self._live_records())  # nothing, unless something could not be killed
+        self.journal.close()
+        if self.cgroups is not None:
+            self.cgroups.close()
 
     async def sweep(self, timeout: float) -> None:
         """SIGKILL every remaining descendant and reap until none is left (no orphans, no zombies)."""
         deadline = time.monotonic() + timeout
+        if self.cgroups is not None:
+            for path in self.cgroups.instance_dirs():
+                if containment.populated(path):
+                    self.cgroups.kill(path)
+                    await self.cgroups.watch.wait_empty(path, max(deadline - time.monotonic(), 0.0))
         while True:
             self.on_child_exits()
             left = osproc.descendants([os.getpid()])
@@ -406,6 +432,9 @@ class Engine:
                 osproc.signal_group(instance.pid, signal.SIGKILL)
         for pid in osproc.descendants([os.getpid()]):
             osproc.signal_pid(pid, signal.SIGKILL)
+        if self.cgroups is not None:
+            for path in self.cgroups.instance_dirs():
+                self.cgroups.kill(path)
 
     # ------------------------------------------------------------------ periodic chores
 
@@ -418,10 +447,12 @@ class Engine:
                 continue
             try:
                 if osproc.file_size(instance.log_file) > instance.policy.log_max_bytes:
-                    osproc.rotate_copytruncate(instance.log_path, instance.policy.log_backups)
+                    logfiles.rotate_copytruncate(instance.log_path, instance.policy.log_backups, self.log_gid)
             except OSError as exc:
                 log.warning("%s: cannot rotate %s: %s", instance.spec.exec_id, instance.log_path, exc)
         self._log_handle = asyncio.get_running_loop().call_later(LOG_CHECK_SECONDS, self._check_logs)
+
+    # ------------------------------------------------------------------ runtime state
 
     @property
     def state_file(self) -> Path:
@@ -444,21 +475,6 @@ class Engine:
     @property
     def retiring(self) -> set[Instance]:
         return self._retiring
-
-    def stop_previous_leftovers(self) -> int:
-        """Executors a killed daemon left running would run twice next to ours: stop them first
-        (with adoption, only those of instances this farm no longer wants are left to stop)."""
-        found = handover.leftovers(self)
-        if not found:
-            return 0
-        for pid in found:
-            osproc.signal_group(pid, signal.SIGTERM)
-        deadline = time.monotonic() + max((e.stop_timeout for e in self.config.executors.values()), default=10)
-        while time.monotonic() < deadline and any(osproc.group_alive(pid) for pid in found):
-            time.sleep(0.05)
-        for pid in found:
-            osproc.signal_group(pid, signal.SIGKILL)
-        return len(found)
 
     # ------------------------------------------------------------------ operator commands
 
@@ -613,9 +629,11 @@ class _Pending:
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
+    """Replace path with data as JSON, atomically, readable by the daemon's user only."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w") as handle:
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+    with open(fd, "w") as handle:
         # dumps, not dump: dump takes json's pure-Python encoder and writes piece by piece
         handle.write(json.dumps(data, separators=(",", ":")))
     os.replace(tmp, path)

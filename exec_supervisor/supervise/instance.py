@@ -6,8 +6,10 @@
     starting/running --stop--> stopping --(group and leftovers gone)--> stopped
 
 Everything runs on the event loop thread; timers are loop handles, so an idle
-instance costs no task and no thread. The engine reaps children and calls
-`on_exit`; it also finds orphans that carry this instance's ET_EXEC_ID.
+instance costs no task and no thread. The engine spawns (into the instance's cgroup when
+contained), reaps children and calls `on_exit`. What is left of a run: with a cgroup,
+whatever is still in it (watched through cgroup.events, ended by cgroup.kill); without, the
+process group and orphans that carry this instance's ET_EXEC_ID.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from collections import deque
 from pathlib import Path
 from typing import Any, Callable, Protocol
 
-from . import osproc
+from . import containment, osproc
 from ..config import ExecutorType, InstanceSpec
 from ..events import INSTANCE_EVENT_LEVELS, OUTPUT_TAIL_MAX_BYTES, Event
 from .readiness import Readiness
@@ -56,10 +58,12 @@ class Host(Protocol):
     log_dir: Path | None  # None: instances inherit the supervisor's stdout and stderr
 
     timers: SlackTimers
+    cgroups: containment.Cgroups | None
 
     def spawn_env(self, spec: InstanceSpec) -> dict[bytes, bytes]: ...
     def publish(self, event: Event) -> None: ...
     def track(self, instance: "Instance", pid: int, carried: bool = False) -> None: ...
+    def spawn(self, instance: "Instance", env: dict[bytes, bytes]) -> int: ...
     def orphans_of(self, exec_id: str) -> set[int]: ...
     def state_changed(self, instance: "Instance") -> None: ...
     def after_exits(self, callback: Callable[[], None]) -> Cancellable: ...
@@ -71,7 +75,7 @@ class Instance(Readiness):
                  "started_boottime", "start_ticks", "adopted", "restarts", "failures", "restart_times", "last_exit",
                  "log_file", "_log_offset",
                  "_timer", "_pgid", "_restart_at", "_killed", "_stop_deadline", "_cleanup", "_start_pending",
-                 "_rest_waiters", "_state_waiters", "history")
+                 "_rest_waiters", "_state_waiters", "history", "cgroup")
 
     def __init__(self, spec: InstanceSpec, policy: ExecutorType, host: Host) -> None:
         self.spec = spec
@@ -108,6 +112,7 @@ class Instance(Readiness):
         self._state_waiters: list[tuple[tuple[State, ...], asyncio.Future[None]]] | tuple[()] = ()
         self.history: tuple[tuple[float, State, str], ...] = ()
         self._init_readiness()
+        self.cgroup: str | None = None  # its cgroup's directory, once spawned in one
 
     @property
     def log_path(self) -> Path | None:
@@ -282,12 +287,11 @@ class Instance(Readiness):
         self.started_boottime = time.clock_gettime(time.CLOCK_BOOTTIME)
         self.start_ticks = None
         try:
-            pid = osproc.spawn(spec.argv, env, spec.cwd, self.log_file)
+            pid = self.host.spawn(self, env)  # tracked and journaled before anything else runs
         except OSError as exc:
             self._spawn_failed(exc)
             return
         self.pid = self._pgid = pid
-        self.host.track(self, pid)
         self._emit("spawned", pid=pid)
         self._arm_readiness()  # start_seconds, or READY=1 within start_timeout
 
@@ -347,6 +351,8 @@ class Instance(Readiness):
         self._emit("stopping", pid=self.pid, detail={"signal": osproc.signal_name(sig)})
         assert self.pid is not None
         osproc.signal_group(self.pid, sig)
+        if self.cgroup is not None and self.host.cgroups is not None and sig == self.policy.stop_signal:
+            self.host.cgroups.signal(self.cgroup, sig)  # also those that left the group
         # The main process may ignore the signal: escalate at the deadline even if it never exits.
         self._timer = asyncio.get_running_loop().call_later(self.policy.stop_timeout, self._kill_now)
 
@@ -354,13 +360,24 @@ class Instance(Readiness):
         self._timer = None
         if self.state is State.STOPPING and self.pid is not None:
             self._killed = True
+            if self.cgroup is not None and self.host.cgroups is not None:
+                self.host.cgroups.kill(self.cgroup)
+                return
             pids = {self.pid} | osproc.descendants([self.pid]) | self.host.orphans_of(self.spec.exec_id)
             osproc.signal_group(self.pid, signal.SIGKILL)
             for pid in pids:
                 osproc.signal_pid(pid, signal.SIGKILL)
 
     def _start_cleanup(self, deadline: float, sig: int) -> None:
-        """Stop what the main process left behind (its group, orphans with our exec id), then move on."""
+        """Stop what the main process left behind (its cgroup, or its group and orphans with our
+        exec id), then move on."""
+        if self.cgroup is not None and self.host.cgroups is not None:
+            if not containment.populated(self.cgroup):
+                self._after_cleanup(self._killed)  # the common case: nothing left, no task needed
+            else:
+                self._cleanup = asyncio.get_running_loop().create_task(
+                    self._clean_cgroup(self.host.cgroups, self.cgroup, deadline, sig))
+            return
         if not osproc.group_alive(self._pgid) and not self.host.orphans_of(self.spec.exec_id):
             self._after_cleanup(self._killed)  # the common case: nothing left, no task needed
             return
@@ -390,6 +407,19 @@ class Instance(Readiness):
                     signalled.add(pid)
                 await asyncio.sleep(pause)
                 pause = min(pause * 2, 0.1)
+        finally:
+            self._cleanup = None
+        self._after_cleanup(killed)
+
+    async def _clean_cgroup(self, cgroups: containment.Cgroups, path: str, deadline: float, sig: int) -> None:
+        killed = self._killed
+        try:
+            if not killed:
+                cgroups.signal(path, sig)
+            if killed or not await cgroups.watch.wait_empty(path, max(deadline - time.monotonic(), 0.0)):
+                killed = True
+                cgroups.kill(path)
+                await cgroups.watch.wait_empty(path, None)
         finally:
             self._cleanup = None
         self._after_cleanup(killed)
@@ -484,4 +514,5 @@ class Instance(Readiness):
             "started": self.started_wall if up else None,
             "last_exit": self.last_exit,
             **self.health_fields(),
+            "cgroup": self.cgroup,
         }

@@ -5,7 +5,6 @@ from __future__ import annotations
 import ctypes
 import os
 import resource
-import shutil
 import signal
 import sys
 import threading
@@ -13,6 +12,8 @@ import time
 from collections import abc
 from pathlib import Path
 from typing import Collection, Iterable, Mapping
+
+from .logfiles import nofollow_opener
 
 PR_SET_CHILD_SUBREAPER = 36
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -76,13 +77,15 @@ def encode_env(env: Mapping[str, str] | Iterable[tuple[str, str]]) -> dict[bytes
 
 
 def spawn(argv: tuple[str, ...], env: Mapping[str, str] | Mapping[bytes, bytes], cwd: str,
-          log_path: str | None) -> int:
-    """Start argv in its own session (pgid = pid) with stdout+stderr appended to log_path; returns the pid.
+          log_fd: int | None) -> int:
+    """Start argv in its own session (pgid = pid) with stdout+stderr on log_fd (None: the
+    daemon's own, output: inherit); returns the pid.
 
     log_path None: the child keeps the daemon's stdout and stderr (run-one in a container).
 
     posix_spawn (vfork + exec in glibc) costs the daemon a quarter of what subprocess.Popen
-    does. The child writes the log file itself: the daemon relays no bytes. posix_spawn has
+    does. The child writes the log file itself (the daemon opened it: logfiles.open_log) and
+    the daemon relays no bytes. posix_spawn has
     no working-directory action, so the daemon steps into cwd for the call and back out;
     every path the daemon itself uses is absolute.
     """
@@ -97,9 +100,9 @@ def spawn(argv: tuple[str, ...], env: Mapping[str, str] | Mapping[bytes, bytes],
             env,
             file_actions=[
                 (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
-                (os.POSIX_SPAWN_OPEN, 1, log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644),
-                (os.POSIX_SPAWN_DUP2, 1, 2),
-            ] if log_path is not None else [(os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0)],
+                (os.POSIX_SPAWN_DUP2, log_fd, 1),  # dup2 clears close-on-exec on 1 and 2 only
+                (os.POSIX_SPAWN_DUP2, log_fd, 2),
+            ] if log_fd is not None else [(os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0)],
             setsid=True,
             setsigdef=_DEFAULT_IN_CHILD,
             setsigmask=(),  # the daemon blocks the signals it reads from a SignalFd; executors must not
@@ -428,7 +431,7 @@ def is_running(pid: int, start_time: float | None) -> bool:
 def read_tail(path: str | Path, since_offset: int, max_lines: int, max_bytes: int) -> str:
     """The last lines written to path after since_offset (a rotation resets the offset)."""
     try:
-        with open(path, "rb") as handle:
+        with open(path, "rb", opener=nofollow_opener) as handle:
             size = handle.seek(0, os.SEEK_END)
             start = since_offset if since_offset <= size else 0
             start = max(start, size - max_bytes)
@@ -447,27 +450,3 @@ def file_size(path: str | Path) -> int:
         return os.stat(path).st_size
     except OSError:
         return 0
-
-
-def rotate_copytruncate(path: Path, backups: int) -> bool:
-    """Rotate path while its writer keeps the file open (O_APPEND): copy it away, then truncate.
-
-    Renaming would leave the child writing into the renamed file; with copy+truncate
-    it carries on writing at offset 0 of the same file.
-    """
-    if backups <= 0:
-        os.truncate(path, 0)
-        return True
-    for index in range(backups - 1, 0, -1):
-        older = path.with_name(f"{path.name}.{index}")
-        if older.exists():
-            os.replace(older, path.with_name(f"{path.name}.{index + 1}"))
-    target = path.with_name(f"{path.name}.1")
-    try:
-        with open(path, "rb") as source, open(target, "wb") as dest:
-            # Reading to EOF also takes bytes written while we copy; then cut (a tiny window remains).
-            shutil.copyfileobj(source, dest, 1 << 20)
-            os.truncate(path, 0)
-    except FileNotFoundError:
-        return False
-    return True

@@ -10,6 +10,11 @@ Modes:
   crash-leaving    like grandchildren, but the main process exits 1 after 0.3 s, leaving them behind
   chatty:N         write N-byte numbered lines as fast as possible, forever
   file:PATH        read PATH each start: 'crash' -> exit 1 at once, anything else -> like sleep
+  escapes          leave descendants every way a process can: a setsid child, a double-forked
+                   daemon, a setsid child that closes every fd, a setsid child that re-execs
+                   `sleep` with an empty environment; all ignore SIGTERM; prints 'escapee KIND pid=N'
+  crash-clean-env  a setsid grandchild re-execs `sleep` with an empty environment (no ET_EXEC_ID,
+                   no mark), then the main process exits 1 after 0.2 s
 """
 import argparse
 import os
@@ -55,6 +60,32 @@ def spawn_stubborn(detach: bool) -> int:
     return pid
 
 
+def escapee(kind: str, detach: bool = False, close_fds: bool = False, clean_env: bool = False) -> None:
+    """Fork a descendant that leaves our session; it reports its pid on our stdout first."""
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(read_end)
+        os.setsid()
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        if detach and os.fork() > 0:
+            os._exit(0)
+        os.write(write_end, str(os.getpid()).encode())
+        os.close(write_end)
+        if clean_env:  # SIG_IGN survives exec: the sleeper ignores SIGTERM too
+            os.execve("/bin/sleep", ["sleep", "31536000"], {})
+        if close_fds:
+            os.closerange(0, 65536)
+        while True:
+            time.sleep(3600)
+    os.close(write_end)
+    child = int(os.read(read_end, 32))
+    os.close(read_end)
+    if detach:
+        os.waitpid(pid, 0)
+    say(f"escapee {kind} pid={child}")
+
+
 mode, _, rest = args.mode.partition(":")
 # Dispositions first, so a test that saw the start line knows how a signal will be taken.
 if mode == "ignore-term":
@@ -92,6 +123,18 @@ elif mode == "daemonize":
     if os.fork() == 0:
         os.setsid()
         os.execvp("sleep", ["sleep", "1000"])  # named "sleep", so tests can tell it from its parent
+    sys.exit(1)
+elif mode == "escapes":
+    signal.signal(signal.SIGTERM, term_exits)
+    escapee("setsid")
+    escapee("double-fork", detach=True)
+    escapee("closed-fds", close_fds=True)
+    escapee("clean-env", clean_env=True)
+    say("escapees started")
+    sleep_forever()
+elif mode == "crash-clean-env":
+    escapee("clean-env", detach=True, clean_env=True)
+    time.sleep(0.2)
     sys.exit(1)
 elif mode == "chatty":
     signal.signal(signal.SIGTERM, term_exits)

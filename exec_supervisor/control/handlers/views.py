@@ -116,7 +116,8 @@ async def status(ctl: ControlServer, request: Request) -> Response:
         "backlog": ctl.backlog(),
         "health": engine.health.view() if engine.health is not None else None,
     }
-    return _json({"supervisor": supervisor, "types": types, "instances": rows})
+    return _json({"supervisor": supervisor, "containment": engine.containment_info(), "types": types,
+                  "instances": rows})
 
 
 # Environment values never leave the daemon when their name looks like a secret's.
