@@ -237,7 +237,7 @@ class Cgroups:
     def path_of(self, exec_id: str) -> str:
         return f"{self.farm_dir}/{exec_id}"
 
-    def spawn(self, exec_id: str, argv: tuple[str, ...], env: Any, cwd: str, log_fd: int) -> tuple[int, str]:
+    def spawn(self, exec_id: str, argv: tuple[str, ...], env: Any, cwd: str, log_fd: int | None) -> tuple[int, str]:
         """posix_spawn into the instance's cgroup (see the module docstring); returns (pid, cgroup)."""
         path = self.path_of(exec_id)
         if path not in self._made:

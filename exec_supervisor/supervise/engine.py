@@ -129,14 +129,16 @@ class Engine(Ownership):
     def spawn(self, instance: Instance, env: dict[bytes, bytes]) -> int:
         """Start the instance's process (in its cgroup when contained) and journal it at once."""
         spec = instance.spec
-        log_fd = logfiles.open_log(instance.log_file, self.log_gid)
+        # None (output: inherit): the child keeps the daemon's stdout and stderr
+        log_fd = logfiles.open_log(instance.log_file, self.log_gid) if instance.log_file is not None else None
         try:
             if self.cgroups is not None:
                 pid, instance.cgroup = self.cgroups.spawn(spec.exec_id, spec.argv, env, spec.cwd, log_fd)
             else:
                 pid = osproc.spawn(spec.argv, env, spec.cwd, log_fd)
         finally:
-            os.close(log_fd)
+            if log_fd is not None:
+                os.close(log_fd)
         self._by_pid[pid] = instance
         self.journal.record(spec.exec_id, pid, instance.started_boottime, instance.cgroup)
         if self.journal.due(len(self._by_pid)):
