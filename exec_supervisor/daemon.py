@@ -163,6 +163,7 @@ class Daemon:
         self._sigints = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self.forwarder: Any = None
+        self.metrics: Any = None  # observe.metrics.Metrics, made at the first scrape
         # Control server, sd_notify, ...: each has async start/stopping/stop(daemon), and may have
         # started(daemon) (after the first reconcile), reloading(daemon), reloaded(daemon, result).
         self.extensions: list[Any] = []
@@ -507,14 +508,16 @@ def scale_override_note(type_name: str, scaled: int, configured: int, when: floa
 
 def default_extensions() -> list[Callable[[], Any]]:
     """Always installed: health (the instances' notify socket, probes, memory), the control socket (status,
-    scale, reload, ...), sd_notify to systemd (a no-op outside systemd) and the executors' log socket
-    (none without event forwarding)."""
+    scale, reload, ...), the http: listener (a no-op unless http.listen is set; after the control socket,
+    whose handlers it reuses), sd_notify to systemd (a no-op outside systemd) and the executors' log
+    socket (none without event forwarding)."""
     from .control.server import ControlServer
     from .health import Health
+    from .observe.web import WebServer
     from .relay.service import LogSocket
     from .systemd import SdNotify
 
-    return [Health, ControlServer, SdNotify, LogSocket]
+    return [Health, ControlServer, WebServer, SdNotify, LogSocket]
 
 
 def run(config_path: str, quiet: bool = False, extensions: list[Callable[[], Any]] | None = None,

@@ -181,7 +181,7 @@ BAD = [
     ("yaml unknown tag", "supervisor:\n  name: !!python/name:os.system\n" + OK_TYPE, 2, "", "not valid YAML"),
     ("yaml unhashable key", "executors:\n  ? [a]\n  : 1\n", 2, "", "not valid YAML: found unhashable key"),
     ("top level list", "- executors\n- A\n", 1, "", "the top level must be a map of sections"),
-    ("top level scalar", "\n\njust some text\n", 3, "", "the top level must be a map of sections (service, supervisor, defaults, executors, events, control), not text"),
+    ("top level scalar", "\n\njust some text\n", 3, "", "the top level must be a map of sections (service, supervisor, defaults, executors, events, control, http), not text"),
     ("empty file", "", 1, "", "the file is empty"),
     ("only comments", "# nothing here\n", 1, "", "the file is empty"),
 ]

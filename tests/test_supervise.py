@@ -355,6 +355,10 @@ def test_state_file_records_pid_and_start_time(farm: Farm) -> None:
 def test_example_farm_starts_and_stops_cleanly(tmp_path: Path) -> None:
     shutil.copytree(ROOT / "configs", tmp_path / "configs", ignore=shutil.ignore_patterns("logs", ".exec-supervisor"))
     shutil.copytree(ROOT / "executors", tmp_path / "executors")
+    # The example listens on 127.0.0.1:9464; here any free port, so runs side by side do not collide.
+    config = tmp_path / "configs" / "farm.yaml"
+    assert "listen: 127.0.0.1:9464" in config.read_text()
+    config.write_text(config.read_text().replace("listen: 127.0.0.1:9464", "listen: 127.0.0.1:0"))
     stderr = open(tmp_path / "stderr", "wb")
     daemon = subprocess.Popen([sys.executable, "-m", "exec_supervisor.cli", "start", "configs/farm.yaml"],
                               cwd=tmp_path, stdout=stderr, stderr=stderr)
@@ -368,6 +372,8 @@ def test_example_farm_starts_and_stops_cleanly(tmp_path: Path) -> None:
         assert daemon.wait(30) == 0
         assert not [c for c in found if c.is_running() and c.status() != psutil.STATUS_ZOMBIE]
         assert (tmp_path / "configs" / "logs" / "ET-HelloWorld-0.log").exists()
+        printed = (tmp_path / "stderr").read_text()
+        assert len(re.findall(r"web status page and metrics at http://127\.0\.0\.1:\d+/ ", printed)) == 1, printed
     finally:
         if daemon.poll() is None:
             daemon.kill()

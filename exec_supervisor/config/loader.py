@@ -16,6 +16,7 @@ from .checks import (absolute, check_instances, check_placeholders, check_script
                      not_a_dir_problem, resolve_program)
 from .constants import MAX_NAME_LENGTH, NAME_RE, PER_TYPE_KEYS, PLACEHOLDERS
 from .errors import ConfigError, Problem
+from .http import HttpConfig, http_problems
 from .models import (SECTIONS, TOP_KEYS, ControlConfig, EventsConfig, ExecutorSettings, ExecutorType, FarmConfig,
                      ServiceConfig, Strict, SupervisorConfig, probe_values)
 from .problems import Collector, did_you_mean
@@ -272,7 +273,8 @@ def _load(path: Any, display: str, environ: Mapping[str, str]) -> FarmConfig:
     for key in data:
         if key not in TOP_KEYS:
             collector.add((key,), "unknown key" + did_you_mean(str(key), TOP_KEYS))
-    sections = {name: _check_section(collector, name, data.get(name), model) for name, model in SECTIONS.items()}
+    sections = {name: _check_section(collector, name, data.get(name), model)
+                for name, model in {**SECTIONS, "http": HttpConfig}.items()}
     defaults = _check_defaults(collector, data.get("defaults"))
 
     base_dir = config_path.parent
@@ -328,10 +330,18 @@ def _load(path: Any, display: str, environ: Mapping[str, str]) -> FarmConfig:
     if isinstance(control, ControlConfig) and control.socket:
         control = control.model_copy(update={"socket": absolute(base_dir, control.socket)})
 
+    http = sections["http"]
+    if isinstance(http, HttpConfig):
+        for key, message in http_problems(http):
+            collector.add(("http", key), message)
+        if http.token_file:
+            http = http.model_copy(update={"token_file": absolute(base_dir, http.token_file)})
+
     if collector.problems:
         raise ConfigError(sorted(collector.problems, key=lambda p: (p.line or 0, p.key)))
     assert isinstance(service, ServiceConfig) and isinstance(supervisor, SupervisorConfig)
     assert isinstance(control, ControlConfig) and isinstance(sections["events"], EventsConfig)
+    assert isinstance(http, HttpConfig)
     farm = FarmConfig(
         path=config_path,
         base_dir=base_dir,
@@ -343,6 +353,7 @@ def _load(path: Any, display: str, environ: Mapping[str, str]) -> FarmConfig:
         control=control,
         executors=executors,
         programs=programs,
+        http=http,
         max_instances=supervisor.max_instances or default_max_instances(),
         on_restart=supervisor.on_restart,
         probe_programs=probe_programs,

@@ -13,7 +13,7 @@ import socket
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Literal, Mapping
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Mapping
 from urllib.parse import urlsplit
 
 from pydantic import (
@@ -27,6 +27,8 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from .constants import AUTH_ENV_NAME_RE, DEFAULT_ARGS, MAX_IDS, MAX_NAME_LENGTH, RESERVED_ENV, SHOWN_KEY_RE
+if TYPE_CHECKING:
+    from .http import HttpConfig
 from .values import (Command, Duration, IdSet, Int, PathText, Signal, Size, no_nul, none_is_empty, parse_ids, show_value,
                      split_command)
 
@@ -361,7 +363,7 @@ SECTIONS: dict[str, type[Strict]] = {
     "events": EventsConfig,
     "control": ControlConfig,
 }
-TOP_KEYS = ("service", "supervisor", "defaults", "executors", "events", "control")
+TOP_KEYS = ("service", "supervisor", "defaults", "executors", "events", "control", "http")
 
 # --------------------------------------------------------------------------- result
 
@@ -396,6 +398,8 @@ class FarmConfig:
     executors: Mapping[str, ExecutorType]
     # The resolved program path per type, after {python} and PATH lookup.
     programs: Mapping[str, str]
+    # The TCP listener of the page and /metrics (config/http.py); its listen is None when off.
+    http: "HttpConfig"
     # Farm-wide bound on instances (configured and scaled): supervisor.max_instances or the machine's default.
     max_instances: int = 100_000
     on_restart: str = "adopt"  # supervisor.on_restart

@@ -33,7 +33,7 @@ READ_CHUNK = 64 * 1024
 MAX_CONNECTIONS = 128
 CLOSE_GRACE = 2.0
 
-REASONS = {200: "OK", 202: "Accepted", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed",
+REASONS = {200: "OK", 202: "Accepted", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed",
            409: "Conflict", 413: "Content Too Large", 422: "Unprocessable Content", 431: "Request Header Fields "
            "Too Large", 500: "Internal Server Error", 503: "Service Unavailable"}
 
@@ -44,21 +44,24 @@ _KEEP_SOCKET_FILE = {"cleanup_socket": False} if sys.version_info >= (3, 13) els
 
 
 class HttpError(Exception):
-    """Answer this request with `status` and a JSON `{"error": message, **extra}`."""
+    """Answer this request with `status` and a JSON `{"error": message, **extra}` (and `headers`)."""
 
-    def __init__(self, status: int, message: str, **extra: Any) -> None:
+    def __init__(self, status: int, message: str, headers: list[tuple[str, str]] | None = None,
+                 **extra: Any) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
+        self.headers = headers or []
         self.extra = extra
 
 
 class Response:
     def __init__(self, body: bytes = b"", status: int = 200,
-                 content_type: str = "application/json") -> None:
+                 content_type: str = "application/json", headers: list[tuple[str, str]] | None = None) -> None:
         self.body = body
         self.status = status
         self.content_type = content_type
+        self.headers = headers or []
 
 
 def json_response(data: Any, status: int = 200) -> Response:
@@ -143,16 +146,17 @@ class Request:
 class StreamResponse:
     """A response written piece by piece (chunked), for follow streams."""
 
-    def __init__(self, content_type: str) -> None:
+    def __init__(self, content_type: str, headers: list[tuple[str, str]] | None = None) -> None:
         self.content_type = content_type
+        self.headers = headers or []
         self._connection: _Connection | None = None
         self._head_only = False
 
     async def prepare(self, request: Request) -> None:
         self._connection = request._connection
         self._head_only = request.method == "HEAD"
-        await self._connection.send(h11.Response(status_code=200, headers=[("Content-Type", self.content_type)],
-                                                 reason=b"OK"))
+        await self._connection.send(h11.Response(
+            status_code=200, headers=[("Content-Type", self.content_type), *self.headers], reason=b"OK"))
 
     async def write(self, data: bytes) -> None:
         if self._connection is None:
@@ -199,11 +203,12 @@ class Router:
 
 
 class HttpServer:
-    """Serves a Router on a Unix socket; `close()` ends every connection within CLOSE_GRACE."""
+    """Serves a Router on a Unix socket or a TCP port; `close()` ends every connection within CLOSE_GRACE."""
 
-    def __init__(self, router: Router, max_body: int) -> None:
+    def __init__(self, router: Router, max_body: int, name: str = "control") -> None:
         self.router = router
         self.max_body = max_body
+        self.name = name  # "control" or "web": in log lines and the 503 answer
         self._server: asyncio.AbstractServer | None = None
         self._connections: set[asyncio.Task[None]] = set()
         self._idle: set[asyncio.Task[None]] = set()  # waiting for a request: safe to cancel at once
@@ -239,6 +244,13 @@ class HttpServer:
             if pending:
                 await asyncio.wait(pending, timeout=CLOSE_GRACE)
 
+    async def start_tcp(self, host: str, port: int) -> tuple[str, int]:
+        """Listen on host:port ('' = every address; port 0 = any free one); returns the address bound."""
+        self._server = await asyncio.start_server(self._serve, host or None, port, limit=READ_CHUNK,
+                                                  reuse_address=True)
+        bound = self._server.sockets[0].getsockname()
+        return bound[0], bound[1]
+
     async def close(self) -> None:
         self._closing = True
         if self._server is not None:
@@ -262,7 +274,8 @@ class HttpServer:
         connection = _Connection(reader, writer)
         try:
             if len(self._connections) > MAX_CONNECTIONS:
-                await self._refuse(connection, 503, f"too many control connections (at most {MAX_CONNECTIONS})")
+                await self._refuse(connection, 503,
+                                   f"too many {self.name} connections (at most {MAX_CONNECTIONS})")
                 return
             await self._serve_requests(connection, task)
         except (ConnectionError, asyncio.TimeoutError, asyncio.CancelledError):
@@ -270,9 +283,9 @@ class HttpServer:
         except h11.RemoteProtocolError as exc:
             await self._refuse(connection, exc.error_status_hint, f"bad HTTP request: {exc}")
         except h11.LocalProtocolError as exc:  # a handler wrote out of order: a bug on our side
-            log.error("control API: HTTP protocol error on our side: %s", exc)
+            log.error("%s API: HTTP protocol error on our side: %s", self.name, exc)
         except Exception:  # never let one connection's failure escape into the loop's exception handler
-            log.exception("control API: connection failed")
+            log.exception("%s API: connection failed", self.name)
         finally:
             self._connections.discard(task)
             self._idle.discard(task)
@@ -311,16 +324,19 @@ class HttpServer:
             handler = self.router.resolve(request)
             return await handler(request)
         except HttpError as exc:
-            return error_response(exc.status, exc.message, **exc.extra)
+            response = error_response(exc.status, exc.message, **exc.extra)
+            response.headers = exc.headers
+            return response
         except (asyncio.CancelledError, ConnectionError, asyncio.TimeoutError, h11.ProtocolError):
             raise
         except Exception as exc:  # a bug in a handler: report it, keep supervising
-            log.exception("control API: %s %s failed", request.method, request.path)
+            log.exception("%s API: %s %s failed", self.name, request.method, request.path)
             return error_response(500, f"internal error ({type(exc).__name__}: {exc}); the daemon keeps running")
 
     @staticmethod
     async def _send(connection: _Connection, request: Request, response: Response) -> None:
-        headers = [("Content-Type", response.content_type), ("Content-Length", str(len(response.body)))]
+        headers = [("Content-Type", response.content_type), ("Content-Length", str(len(response.body))),
+                   *response.headers]
         if response.status == 413:
             headers.append(("Connection", "close"))  # the rest of that body is not worth reading
         reason = REASONS.get(response.status, "").encode()

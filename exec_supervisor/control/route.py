@@ -24,7 +24,8 @@ class Route:
     """`method API+path` answered by `handler(server, request)`.
 
     `query` is the hint `GET /v1` shows after the path (like "?n=&follow="); routes with
-    `listed=False` (the index itself) are not shown there.
+    `listed=False` (the index itself) are not shown there. `prefix` is API but for the
+    few paths tools expect at the root (/metrics).
     """
 
     method: str
@@ -32,7 +33,12 @@ class Route:
     handler: Handler
     query: str = ""
     listed: bool = True
+    prefix: str = API
+
+    @property
+    def full_path(self) -> str:
+        return self.prefix + self.path
 
     @property
     def shown(self) -> str:
-        return f"{self.method} {API}{self.path}{self.query}"
+        return f"{self.method} {self.full_path}{self.query}"

@@ -31,7 +31,7 @@ from ..events.messages import format_message
 from .handlers import ROUTES
 from .httpserver import HttpError as ApiError, HttpServer, Router
 from .procstats import ProcStats
-from .route import API, Route
+from .route import Route
 
 log = logging.getLogger("exec_supervisor")
 
@@ -71,11 +71,16 @@ class ControlServer:
     def router(self) -> Router:
         router = Router()
         for route in self.routes:
-            handler: Any = functools.partial(route.handler, self)
-            if route.method == "POST" and route.path not in UNTRACKED:
-                handler = functools.partial(self._tracked, route.path.strip("/"), handler)
-            router.add(route.method, API + route.path, handler)
+            router.add(route.method, route.full_path, self.bound(route))
         return router
+
+    def bound(self, route: Route) -> Any:
+        """The route's handler bound to this server, as the router serves it (POST commands tracked,
+        so an upgrade waits for none of them); the web listener serves control routes through this too."""
+        handler: Any = functools.partial(route.handler, self)
+        if route.method == "POST" and route.path not in UNTRACKED:
+            handler = functools.partial(self._tracked, route.path.strip("/"), handler)
+        return handler
 
     async def _tracked(self, name: str, handler: Any, request: Any) -> Any:
         # An upgrade waits for no command: while one runs (a `start --wait`, a rolling restart)

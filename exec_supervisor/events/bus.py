@@ -23,6 +23,8 @@ class EventBus:
     def __init__(self) -> None:
         # Replaced, never changed in place: publish iterates it while a sink may unsubscribe.
         self._sinks: tuple[Sink, ...] = ()
+        # Events published so far by (event, level): the metrics' emitted counter, read at scrape time.
+        self.counts: dict[tuple[str, str], int] = {}
 
     def subscribe(self, sink: Sink) -> Callable[[], None]:
         self._sinks = (*self._sinks, sink)
@@ -34,6 +36,8 @@ class EventBus:
         self._sinks = tuple(sinks)
 
     def publish(self, event: Event) -> None:
+        key = (event.event, event.level)
+        self.counts[key] = self.counts.get(key, 0) + 1
         for sink in self._sinks:
             try:
                 sink(event)

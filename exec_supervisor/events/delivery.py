@@ -99,6 +99,8 @@ class DeliveryStatus:
         self.url = ""  # the log API URL the messages name; the sender sets it with each config
         self.recent = Recent(recent_size)
         self.delivered = 0
+        self.retried = 0  # attempts that failed and will be tried again (outage, 401, wrong endpoint)
+        self.last_delivered_at: float | None = None
         self.dead_letters = 0
         self.lost = 0  # could not even be written to the spool (disk full)
         self.state = "idle"
@@ -124,6 +126,7 @@ class DeliveryStatus:
     def sent(self, record: Record, mark: bool = True) -> None:
         """The service took `record` (the caller acked it in the spool). mark: it is in the recent list."""
         self.delivered += 1
+        self.last_delivered_at = time.time()
         if mark:
             self.recent.mark(record.seq, "sent")
         if self._outage_since is not None:
@@ -164,6 +167,7 @@ class DeliveryStatus:
 
     def _failure(self, cause: str) -> None:
         now = time.time()
+        self.retried += 1
         if self._outage_since is None:
             self._outage_since = now
         self._last_failure = now
@@ -249,6 +253,8 @@ class DeliveryStatus:
             "oldest_age": None if oldest_age is None else round(oldest_age, 3),
             "last_error": self.last_error,
             "delivered": self.delivered,
+            "retried": self.retried,
+            "last_delivered_at": self.last_delivered_at,
             "dead_letters": self.dead_letters,
             "dropped": spool.dropped_total,
             "lost": self.lost,

@@ -42,9 +42,10 @@ PRIVATE_ENV = ("NOTIFY_SOCKET", "WATCHDOG_PID", "WATCHDOG_USEC", "LISTEN_PID", "
 
 
 def secret_env_names(config: FarmConfig) -> tuple[str, ...]:
-    """The variables service.auth names: the supervisor's credentials, never an executor's."""
+    """The variables service.auth and http.token_env name: the supervisor's credentials, never an executor's."""
     auth = config.service.auth
-    return tuple(name for name in (auth.token_env, auth.username_env, auth.password_env) if name)
+    return tuple(name for name in (auth.token_env, auth.username_env, auth.password_env, config.http.token_env)
+                 if name)
 
 
 class Engine(Ownership):

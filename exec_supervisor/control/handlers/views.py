@@ -115,6 +115,8 @@ async def status(ctl: ControlServer, request: Request) -> Response:
         "forwarding": daemon.forwarder is not None,
         "backlog": ctl.backlog(),
         "health": engine.health.view() if engine.health is not None else None,
+        # The http: listener's URL (observe/web.py), None when it does not listen.
+        "http": next((e.url for e in daemon.extensions if getattr(e, "url", None)), None),
     }
     return _json({"supervisor": supervisor, "containment": engine.containment_info(), "types": types,
                   "instances": rows})
