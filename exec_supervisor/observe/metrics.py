@@ -47,8 +47,8 @@ INSTANCE_FAMILIES = (
     ("instance_start_time_seconds", "gauge", "Unix time the instance's current (or last) process started."),
     ("instance_last_exit_code", "gauge", "Exit code of the instance's last exit (absent after a signal)."),
     ("instance_last_exit_signal", "gauge", "Number of the signal that ended the instance's last exit."),
-    ("instance_cpu_seconds_total", "counter", "CPU time (user + system) of the instance's current process."),
-    ("instance_resident_memory_bytes", "gauge", "Resident memory of the instance's current process."),
+    ("instance_cpu_seconds_total", "counter", "CPU time (user + system) of the instance's live process tree."),
+    ("instance_resident_memory_bytes", "gauge", "Resident memory of the instance's process tree."),
 )
 
 
@@ -65,7 +65,7 @@ def _signal_number(name: str | None) -> int | None:
         return None
 
 
-def _instance_text(instances: Iterable[Any], usage: UsageSampler) -> str:
+def _instance_text(instances: Iterable[Any], usage: UsageSampler, trees: dict[Any, Any] | None) -> str:
     """The per-instance families; label names sorted as generate_latest sorts them."""
     lines: dict[str, list[str]] = {name: [] for name, _, _ in INSTANCE_FAMILIES}
     up, state_lines, restarts, start, code, sig, cpu, rss = (lines[name] for name, _, _ in INSTANCE_FAMILIES)
@@ -92,10 +92,10 @@ def _instance_text(instances: Iterable[Any], usage: UsageSampler) -> str:
             if number is not None:
                 sig.append(f"{{{labels}}} {fmt(number)}\n")
         if instance.pid is not None:
-            sample = usage.get(instance.pid, now)
-            if sample is not None:
-                cpu.append(f"{{{labels}}} {fmt(sample.cpu)}\n")
-                rss.append(f"{{{labels}}} {fmt(sample.rss)}\n")
+            figures = usage.of(instance, trees, now)
+            if figures is not None:
+                cpu.append(f"{{{labels}}} {fmt(figures[0])}\n")
+                rss.append(f"{{{labels}}} {fmt(figures[1])}\n")
     out: list[str] = []
     for name, kind, doc in INSTANCE_FAMILIES:
         full = PREFIX + name
@@ -192,7 +192,7 @@ class Metrics:
     def render(self) -> bytes:
         engine = self.daemon.engine
         instances = list(engine.instances.values())
-        text = _instance_text(instances, self.usage)
+        text = _instance_text(instances, self.usage, self.usage.trees(engine))
         self.usage.prune(i.pid for i in instances if i.pid is not None)
         return generate_latest(self.registry) + text.encode()
 

@@ -111,7 +111,8 @@ class LiveHub:
     def snapshot(self) -> bytes:
         engine = self.daemon.engine
         now = time.monotonic()
-        rows = [views.row(i, self.usage, now) for i in engine.instances.values()]
+        trees = self.usage.trees(engine)
+        rows = [views.row(i, self.usage, now, trees) for i in engine.instances.values()]
         return message("snapshot", {
             "header": views.header(self.daemon, self._actions()),
             "rows": rows,
@@ -175,7 +176,9 @@ class LiveHub:
         if dirty:
             engine = self.daemon.engine
             now = time.monotonic()
-            rows = [views.row(instance, self.usage, now) if engine.instances.get(exec_id) is instance
+            # Changed rows carry no usage: it comes every USAGE_SECONDS (and reading it here would
+            # cost a /proc pass per crash storm message).
+            rows = [views.row(instance) if engine.instances.get(exec_id) is instance
                     else views.removed(exec_id) for exec_id, instance in dirty.items()]
             self._broadcast(message("rows", rows))
         if events:
@@ -187,16 +190,17 @@ class LiveHub:
         out: dict[str, Any] = {}
         sent = self._sent_usage
         fresh: dict[str, tuple[Any, int]] = {}
+        trees = self.usage.trees(self.daemon.engine)
         for instance in self.daemon.engine.instances.values():
             if instance.pid is None:
                 continue
-            sample = self.usage.get(instance.pid, now)
-            if sample is not None:
-                percent = sample.percent
+            usage = self.usage.of(instance, trees, now)
+            if usage is not None:
+                cpu, rss, percent = usage
                 if percent is None:
-                    percent = views.lifetime_percent(sample.cpu, instance)
+                    percent = views.lifetime_percent(cpu, instance)
                 exec_id = instance.spec.exec_id
-                figures = fresh[exec_id] = (percent, sample.rss)
+                figures = fresh[exec_id] = (percent, rss)
                 if sent.get(exec_id) != figures:
                     out[exec_id] = figures
         self._sent_usage = fresh

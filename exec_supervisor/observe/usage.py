@@ -1,16 +1,19 @@
 """CPU time and resident memory of each instance, read when someone looks (a scrape, the page).
 
-One read of /proc/<pid>/stat per live instance gives user + system CPU time and the
-resident set; a sample younger than MIN_AGE is reused, so several scrapers and open
-pages cost no more /proc reads than one. Nothing here runs unless asked: an idle farm
-nobody watches reads nothing. It only reads; it never signals or changes a process.
+With the health extension running, the figures are its whole-tree ones (health/memory.py:
+one /proc pass for every instance, main process plus descendants and leftovers, at most
+once a second whoever asks: status, a scrape, the page). Without it, one read of
+/proc/<pid>/stat per live main process; a sample younger than MIN_AGE is reused, so several
+scrapers and open pages cost no more /proc reads than one. Nothing here runs unless
+asked: an idle farm nobody watches reads nothing. It only reads; it never signals or
+changes a process.
 """
 
 from __future__ import annotations
 
 import os
 import time
-from typing import Iterable
+from typing import Any, Iterable
 
 from ..supervise import osproc
 
@@ -46,10 +49,29 @@ def read_stat(pid: int) -> tuple[float, int] | None:
 
 
 class UsageSampler:
-    """Per-pid samples, refreshed at most once per MIN_AGE."""
+    """Per-pid samples, refreshed at most once per MIN_AGE; or the health extension's whole-tree figures."""
 
     def __init__(self) -> None:
         self._samples: dict[int, Sample] = {}
+
+    @staticmethod
+    def trees(engine: Any) -> dict[Any, Any] | None:
+        """The health extension's whole-tree figures per instance (fresh within 1 s), or None without it."""
+        health = getattr(engine, "health", None)
+        memory = getattr(health, "memory", None) if health is not None else None
+        return memory.fresh() if memory is not None else None
+
+    def of(self, instance: Any, trees: dict[Any, Any] | None, now: float) -> tuple[float, int, float | None] | None:
+        """(CPU seconds, RSS bytes, CPU % or None) of an instance: its whole tree when trees is given."""
+        if trees is not None:
+            figures = trees.get(instance)
+            if figures is None:
+                return None
+            return figures.cpu_ticks / _TICKS, figures.rss, figures.cpu_percent
+        if instance.pid is None:
+            return None
+        sample = self.get(instance.pid, now)
+        return None if sample is None else (sample.cpu, sample.rss, sample.percent)
 
     def get(self, pid: int, now: float | None = None) -> Sample | None:
         now = time.monotonic() if now is None else now

@@ -23,7 +23,8 @@ from .usage import UsageSampler
 HOST = socket.gethostname()
 
 
-def row(instance: Any, usage: UsageSampler | None = None, now: float | None = None) -> dict[str, Any]:
+def row(instance: Any, usage: UsageSampler | None = None, now: float | None = None,
+        trees: dict[Any, Any] | None = None) -> dict[str, Any]:
     """One instance as the page's table shows it (short keys: 1000 of them travel at once)."""
     live = instance.pid is not None and instance.state in (State.STARTING, State.RUNNING, State.STOPPING)
     data: dict[str, Any] = {
@@ -37,10 +38,11 @@ def row(instance: Any, usage: UsageSampler | None = None, now: float | None = No
         "x": _exit(instance.last_exit),
     }
     if usage is not None and instance.pid is not None:
-        sample = usage.get(instance.pid, now)
-        if sample is not None:
-            data["c"] = sample.percent if sample.percent is not None else lifetime_percent(sample.cpu, instance)
-            data["m"] = sample.rss
+        figures = usage.of(instance, trees, time.monotonic() if now is None else now)
+        if figures is not None:
+            cpu, rss, percent = figures
+            data["c"] = percent if percent is not None else lifetime_percent(cpu, instance)
+            data["m"] = rss
     return data
 
 
