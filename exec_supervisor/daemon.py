@@ -378,8 +378,9 @@ class Daemon:
             loop.add_signal_handler(signal.SIGHUP, self._on_sighup)
             loop.add_signal_handler(signal.SIGUSR2, self._on_sigusr2)
         self.engine.attach(loop, signal_handler=self._signals is None)
-        self.bus.subscribe(locallog.event_sink)
+        # The forwarder first: it gives each event its seq, which the log line of a folded one shows.
         self._start_forwarder()
+        self.bus.subscribe(locallog.event_sink)
         carried = self._take_over()
         self.engine.claim_cgroups()  # instances carried over or adopted keep their cgroup
         await self._start_extensions()

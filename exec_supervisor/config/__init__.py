@@ -28,12 +28,12 @@ Rules an operator can rely on (README documents the keys):
 from .constants import DEFAULT_ARGS, MAX_IDS, NAME_RE, PLACEHOLDERS, RESERVED_ENV
 from .errors import ConfigError, Problem
 from .loader import load
-from .models import (AuthConfig, Backoff, ControlConfig, EventsConfig, ExecutorSettings, ExecutorType, FarmConfig,
+from .models import (AuthConfig, Backoff, ControlConfig, EventsConfig, ExecutorSettings, ExecutorType, FarmConfig, Incidents,
                      InstanceSpec, ServiceConfig, SupervisorConfig)
 from .values import parse_duration, parse_ids, parse_signal, parse_size
 
 __all__ = [
-    "load", "ConfigError", "Problem", "FarmConfig", "InstanceSpec", "ExecutorType", "ExecutorSettings", "Backoff",
+    "load", "ConfigError", "Problem", "FarmConfig", "InstanceSpec", "ExecutorType", "ExecutorSettings", "Backoff", "Incidents",
     "AuthConfig", "ServiceConfig", "SupervisorConfig", "EventsConfig", "ControlConfig",
     "parse_duration", "parse_ids", "parse_signal", "parse_size",
     "DEFAULT_ARGS", "MAX_IDS", "NAME_RE", "PLACEHOLDERS", "RESERVED_ENV",

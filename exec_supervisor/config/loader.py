@@ -27,8 +27,8 @@ from .yamlmarks import read_yaml
 def _merge(defaults: Mapping[str, Any], own: Mapping[str, Any]) -> dict[str, Any]:
     merged = dict(defaults)
     for key, value in own.items():
-        # env and backoff are maps: a type adds to the defaults instead of replacing them.
-        if key in ("env", "backoff") and isinstance(merged.get(key), dict) and isinstance(value, (dict, type(None))):
+        # env, backoff and incidents are maps: a type adds to the defaults instead of replacing them.
+        if key in ("env", "backoff", "incidents") and isinstance(merged.get(key), dict) and isinstance(value, (dict, type(None))):
             merged[key] = {**merged[key], **(value or {})}
         else:
             merged[key] = value

@@ -104,6 +104,69 @@ class Probe(Strict):
         return self
 
 
+def _threshold(value: Any) -> Any:
+    """incidents.threshold: a count of distinct instances (3), a share of the type ("50%"), or a list of both."""
+    items = value if isinstance(value, list) else [value]
+    if not items:
+        raise ValueError("expected a count like 3, a share like \"50%\", or a list of both")
+    parsed: list[str] = []
+    for item in items:
+        if isinstance(item, bool) or not isinstance(item, (int, str)):
+            raise ValueError(f"{show_value(item)} is not a count like 3 or a share like \"50%\"")
+        text = str(item).strip()
+        if text.endswith("%"):
+            try:
+                share = float(text[:-1])
+            except ValueError:
+                share = -1.0
+            if not 0 < share <= 100:
+                raise ValueError(f"{show_value(item)} is not a share between 0% and 100%")
+            parsed.append(f"{share:g}%")
+        else:
+            try:
+                count = int(text)
+            except ValueError:
+                raise ValueError(f"{show_value(item)} is not a count like 3 or a share like \"50%\"") from None
+            if not 1 <= count <= MAX_IDS:
+                raise ValueError(f"{count} is not a count of instances (1 or more)")
+            parsed.append(str(count))
+    return tuple(parsed)
+
+
+class Incidents(Strict):
+    """When a type's failures become one incident, and how its restarts are paced while it is open."""
+
+    # Counts ("3") and shares ("50%") of the type's instances, as text; the lowest one reached opens.
+    threshold: Annotated[tuple[str, ...], BeforeValidator(_threshold)] = ("3",)
+    window: Duration = 30.0
+    digest_every: Duration = 60.0
+    resolve_after: Duration = 60.0
+    forward: Literal["digest", "all"] = "digest"
+    # Types reaching their threshold within this of each other are announced as one farm-wide incident.
+    group_wait: Duration = 2.0
+    # While open: at most restart_batch instances of the type start per restart_every (after the probe).
+    restart_batch: Annotated[Int, Field(ge=1, le=MAX_IDS)] = 10
+    restart_every: Duration = 1.0
+
+    @model_validator(mode="after")
+    def _positive(self) -> "Incidents":
+        for key in ("window", "digest_every", "restart_every"):
+            if getattr(self, key) <= 0:
+                raise ValueError(f"{key} must be more than 0s")
+        return self
+
+
+def _incidents(value: Any) -> Any:
+    # `incidents: off` (YAML reads off as false) turns them off; on/true or an empty map: the defaults.
+    if value is False or (isinstance(value, str) and value.strip().lower() in ("off", "no", "false")):
+        return None
+    if value is True or value is None or (isinstance(value, str) and value.strip().lower() in ("on", "yes", "true")):
+        return {}
+    if not isinstance(value, dict) and not isinstance(value, Incidents):
+        raise ValueError(f"expected a map (threshold, window, ...) or off, got {show_value(value)}")
+    return value
+
+
 class ExecutorSettings(Strict):
     """Keys allowed both in `defaults` and in each executor type."""
 
@@ -141,6 +204,7 @@ class ExecutorSettings(Strict):
         if value is not None and value < 1024 * 1024:
             raise ValueError(f"{value} bytes is below 1MiB; write a unit, like 4GiB or 512MiB")
         return value
+    incidents: Annotated[Incidents | None, BeforeValidator(_incidents)] = Incidents()
 
     @field_validator("args")
     @classmethod

@@ -103,6 +103,7 @@ class DeliveryStatus:
         self.last_delivered_at: float | None = None
         self.dead_letters = 0
         self.lost = 0  # could not even be written to the spool (disk full)
+        self.folded = 0  # consumed without a post: folded into an incident's digest
         self.state = "idle"
         self.last_error: str | None = None
         self._outage_since: float | None = None
@@ -146,6 +147,11 @@ class DeliveryStatus:
             self._recovery["delayed"] += 1
             delay = time.time() - payload_time(record.data, time.time())
             self._recovery["max_delay"] = max(self._recovery["max_delay"], delay)
+
+    def folded_away(self, record: Record) -> None:
+        """An event folded into an incident: consumed (acked) without a post; its digest names its seq."""
+        self.folded += 1
+        self.recent.mark(record.seq, "folded")
 
     def finish_recovery(self, notice_after: float) -> dict[str, Any] | None:
         """The backlog is empty: the detail of the delivery_recovered event to publish, if the outage was long enough."""
@@ -258,6 +264,7 @@ class DeliveryStatus:
             "dead_letters": self.dead_letters,
             "dropped": spool.dropped_total,
             "lost": self.lost,
+            "folded": self.folded,
             "next_seq": spool.next_seq,
             "state": self.state,
         }

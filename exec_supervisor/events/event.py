@@ -28,6 +28,13 @@ INSTANCE_EVENT_LEVELS = {
     "status_changed": "debug",
 }
 
+# Incident events (supervise/incidents.py) and their levels.
+INCIDENT_EVENT_LEVELS = {
+    "incident_opened": "error",
+    "incident_digest": "warning",
+    "incident_resolved": "info",
+}
+
 # How many bytes of an instance's last output a crash event carries.
 OUTPUT_TAIL_MAX_BYTES = 2048
 
@@ -52,6 +59,10 @@ class Event:
     # Free-form facts for supervisor events (counts, reasons); rendered by format_message.
     detail: dict[str, Any] = field(default_factory=dict)
     time: float = field(default_factory=time.time)
+    # The spool's seq, set by the forwarder's sink as it spools the event (None: not spooled).
+    seq: int | None = None
+    # The open incident this instance event is folded into: spooled and counted, not posted on its own.
+    folded: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -61,6 +61,10 @@ log = logging.getLogger("exec_supervisor")
 LOG_PATH = "api/bases/logs/"
 TOKEN_PATH = "api/bases/token/standard/open/"
 _RETRYABLE = {408, 425, 429}
+FOLDED_KEY = "folded_into"
+# Inside a JSON string a quote is escaped, so these bytes can only be the top-level key.
+_FOLDED_MARK = b',"folded_into":"'
+
 _ENDPOINT_PROBLEM = {404, 405}
 
 
@@ -146,6 +150,10 @@ class EventForwarder:
             return
         payload = build_payload(event, self._language)
         level = payload["level"]
+        if event.folded is not None:
+            # Spooled like any event (its seq is used and durable) but the sender only counts it:
+            # the incident's digest names it by its seq range. Always the payload's last key.
+            payload[FOLDED_KEY] = event.folded
         try:
             # The forwarder's own drop notice never makes room by dropping more.
             seq = self.spool.append(level, encode_payload(payload), over_cap=event.event == "events_dropped")
@@ -153,6 +161,7 @@ class EventForwarder:
             self._status.lost += 1
             self._flusher.write_failed(exc, self._status.lost)
             return
+        event.seq = seq
         self._recent.add(seq, level, payload)
         lines = self.lines.spool
         if lines.pending_bytes and self.spool.pending_bytes + lines.pending_bytes > self.spool.max_bytes:
@@ -323,6 +332,10 @@ class EventForwarder:
                 if self._stopping:
                     return
                 self._wake.wait(30.0)  # sink(), stop() and reconfigure() wake it; no idle polling
+                continue
+            if not line and _FOLDED_MARK in record.data:
+                self.spool.ack(record.seq, record.level)
+                self._status.folded_away(record)
                 continue
             outcome, delay = self._deliver(record, line)
             if outcome == "sent":

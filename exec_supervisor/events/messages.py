@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Callable
 
+from . import incidentmsgs
 from .event import Event
 
 
@@ -173,6 +174,8 @@ def _en(e: "Event") -> str:
 def _supervisor_en(e: "Event") -> str:
     d = e.detail
     kind = e.event
+    if kind.startswith("incident_"):
+        return incidentmsgs.en(e)
     if kind == "supervisor_started":
         return f"started {_count(d.get('instances', 0), 'instance')} of {_count(d.get('types', 0), 'type')} (pid {d.get('pid')})"
     if kind == "supervisor_stopping":
@@ -233,6 +236,8 @@ def _zh(e: "Event") -> str:
     health = _health_text(e, True)
     if health is not None:
         return health
+    if kind.startswith("incident_"):
+        return incidentmsgs.zh(e)
     if kind == "spawned":
         return f"已启动进程 (pid {e.pid})"
     if kind == "running":
@@ -315,6 +320,10 @@ _RENDERERS: dict[str, Callable[["Event"], str]] = {"en": _en, "zh": _zh}
 def render(event: "Event", language: str = "en") -> str:
     """`ET-Name-N: text` for instance events, `exec-supervisor@name: text` for the supervisor's."""
     text = _RENDERERS.get(language, _en)(event)
+    if event.folded is not None:
+        note = incidentmsgs.folded_note(event, language == "zh")
+        end = text.find("\n")
+        text = text + note if end < 0 else text[:end] + note + text[end:]
     sender = event.exec_id or f"exec-supervisor@{event.supervisor}"
     return f"{sender}: {text}"
 

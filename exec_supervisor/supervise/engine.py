@@ -24,6 +24,7 @@ from .journal import SpawnJournal, SpawnRecord, ticks_of
 from .ownership import Ownership
 from ..config import ExecutorType, FarmConfig, InstanceSpec
 from ..events import Event, EventBus
+from .incidents import Tracker
 from .instance import Instance, State
 from .overrides import read_overrides
 from .plan import DONE, decide, plan_changes
@@ -55,8 +56,8 @@ class Engine(Ownership):
         # Every instance carries the farm's mark: the next daemon finds its processes by it.
         self.farm = containment.farm_id(config.state_dir)
         self.config = config  # sets base_env too
-        # The bus's own method, not one that calls it: a frame less for each of a restart's events.
-        self.publish: Callable[[Event], None] = bus.publish
+        # Instance events pass the incident tracker (folding, failure windows) around the bus.
+        self.incidents = Tracker(self)
         self.supervisor_name = config.name
         self.log_dir: Path | None = config.log_dir if config.output == "files" else None
         self.cgroups: containment.Cgroups | None = None  # set by setup_containment
@@ -88,6 +89,7 @@ class Engine(Ownership):
         self._helpers: dict[int, asyncio.Future[int]] = {}  # children that are not instances (upgrade check)
         self.operations: dict[str, int] = {}  # long operator commands in progress (an upgrade waits for none)
         self.health: Any = None  # the health extension (health/service.py), when installed
+        self._state_listeners.append(self.incidents.state_changed)
 
     @property
     def config(self) -> FarmConfig:
@@ -108,6 +110,33 @@ class Engine(Ownership):
         self.base_env[os.fsencode(name)] = os.fsencode(value)
 
     # ------------------------------------------------------------------ Host protocol
+
+    def publish(self, event: Event) -> None:
+        incidents = self.incidents
+        incidents.before(event)
+        self.bus.publish(event)
+        incidents.after(event)
+
+    def restart_delay(self, instance: Instance, failures: int) -> float:
+        """The one backoff path: the instance's own, or its type's shared one while an incident is open."""
+        return self.incidents.restart_delay(instance, failures)
+
+    def admit(self, instance: Instance) -> Cancellable | None:
+        """A restart due now may wait at its type's gate (an open incident paces restarts)."""
+        return self.incidents.admit(instance)
+
+    # the incident tracker's host
+    def members(self, type_name: str) -> list[Instance]:
+        return [i for i in self.instances.values() if i.spec.type == type_name and i.want_running]
+
+    def count(self, type_name: str) -> int:
+        return len(self.ids_of(type_name)) if type_name in self.config.executors else 0
+
+    def policy_of(self, type_name: str) -> ExecutorType | None:
+        return self.config.executors.get(type_name)
+
+    def announce(self, event: Event) -> None:
+        self.bus.publish(event)
 
     def spawn_env(self, spec: InstanceSpec) -> dict[bytes, bytes]:
         """The environment of one spawn: the supervisor's without secrets, then the type's env.

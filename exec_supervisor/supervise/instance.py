@@ -28,7 +28,7 @@ from . import containment, osproc
 from ..config import ExecutorType, InstanceSpec
 from ..events import INSTANCE_EVENT_LEVELS, OUTPUT_TAIL_MAX_BYTES, Event
 from .readiness import Readiness
-from .timers import Cancellable, SlackTimers, backoff_delay
+from .timers import Cancellable, SlackTimers
 
 CRASH_TAIL_LINES = 20
 # Transitions kept per instance for `describe`: (wall time, state, reason). A farm holds thousands
@@ -67,6 +67,8 @@ class Host(Protocol):
     def orphans_of(self, exec_id: str) -> set[int]: ...
     def state_changed(self, instance: "Instance") -> None: ...
     def after_exits(self, callback: Callable[[], None]) -> Cancellable: ...
+    def restart_delay(self, instance: "Instance", failures: int) -> float: ...
+    def admit(self, instance: "Instance") -> Cancellable | None: ...
 
 
 class Instance(Readiness):
@@ -240,7 +242,7 @@ class Instance(Readiness):
             self.failures += 1
             self.restarts += 1
             self._count_restart(now)
-            restart_in = backoff_delay(self.policy, self.failures)
+            restart_in = self.host.restart_delay(self, self.failures)
             self._restart_at = now + restart_in
             self._set_state(State.BACKOFF, f"{what} after {runtime:.1f}s; restart in {restart_in:.1f}s")
         else:
@@ -306,7 +308,7 @@ class Instance(Readiness):
                        detail={"window": self.policy.restart_window, "error": self.last_exit["error"]})
             return
         self.failures += 1
-        restart_in = backoff_delay(self.policy, self.failures) if self.policy.restart != "never" else None
+        restart_in = self.host.restart_delay(self, self.failures) if self.policy.restart != "never" else None
         if restart_in is not None:
             self.restarts += 1
             self._count_restart(now)
@@ -340,7 +342,19 @@ class Instance(Readiness):
     def _restart_now(self) -> None:
         self._timer = None
         if self.state is State.BACKOFF and self.want_running:
-            self._spawn("backoff over")
+            ticket = self.host.admit(self)  # an open incident of the type may pace its restarts
+            if ticket is None:
+                self._spawn("backoff over")
+            else:
+                self._timer = ticket
+
+    def admitted(self) -> bool:
+        """Its type's restart gate lets it start now; False when it no longer waits to restart."""
+        self._cancel_timer()
+        if self.state is State.BACKOFF and self.want_running and self._cleanup is None:
+            self._spawn("backoff over (paced restart)")
+            return True
+        return False
 
     def _begin_stop(self, sig: int | None = None, reason: str | None = None) -> None:
         """Signal the group (stop_signal, or sig: SIGABRT for a missed watchdog), SIGKILL after stop_timeout."""

@@ -119,7 +119,12 @@ async def status(ctl: ControlServer, request: Request) -> Response:
         "http": next((e.url for e in daemon.extensions if getattr(e, "url", None)), None),
     }
     return _json({"supervisor": supervisor, "containment": engine.containment_info(), "types": types,
-                  "instances": rows})
+                  "instances": rows, "incidents": engine.incidents.snapshot()["open"]})
+
+
+async def incidents(ctl: ControlServer, request: Request) -> Response:
+    """Open incidents and the recently resolved ones (newest first)."""
+    return _json(ctl.engine.incidents.snapshot())
 
 
 # Environment values never leave the daemon when their name looks like a secret's.
@@ -176,4 +181,5 @@ ROUTES = [
     Route("GET", "/health", health),
     Route("GET", "/status", status, query="?target="),
     Route("GET", "/describe/{exec_id}", describe),
+    Route("GET", "/incidents", incidents),
 ]
