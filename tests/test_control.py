@@ -85,7 +85,8 @@ def test_status_fields_and_json_shape(farm: Farm) -> None:
     farm.wait_log("ET-A-1: running", count=2)
 
     data = status(farm)
-    assert set(data) == {"supervisor", "containment", "types", "instances"}
+    assert set(data) == {"supervisor", "containment", "types", "instances", "incidents"}
+    assert data["incidents"] == []  # open incidents: one crash is none
     supervisor = data["supervisor"]
     assert supervisor["pid"] == farm.daemon.pid
     assert supervisor["name"] == "test" and supervisor["version"] and supervisor["uptime"] > 0
