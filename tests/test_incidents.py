@@ -7,7 +7,10 @@ recording log API on loopback (DevService). Windows and intervals are small to k
 from __future__ import annotations
 
 import json
+import os
 import re
+import signal as sig
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -58,6 +61,13 @@ def api_get(farm: Farm, path: str) -> dict[str, Any]:
         connection.close()
 
 
+def cli(farm: Farm, *args: str) -> str:
+    result = subprocess.run([sys.executable, "-m", "exec_supervisor.cli", *args, "-c", str(farm.config_path)],
+                            capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+    assert result.returncode in (0, 4) and "Traceback" not in result.stderr, (result.stdout, result.stderr)
+    return result.stdout
+
+
 def starts(farm: Farm) -> dict[str, list[float]]:
     """exec id -> the times its executor printed its start line, from each instance's log file."""
     found: dict[str, list[float]] = {}
@@ -79,6 +89,9 @@ def test_an_outage_of_20_instances_is_one_incident_with_every_seq_accounted(farm
     # While it is open, its restarts are paced: one probe per shared backoff interval, not 20 per round.
     paced_from = time.time()
     assert svc.wait_for(lambda es: len(of_kind(es, "incident_digest")) >= 4, 20), svc.messages()
+    shown = cli(farm, "incidents")
+    assert re.search(r"INC-1 \(Api\): open for .*, \d+/20 down, \d+ failures of 20 instances", shown), shown
+    assert "INC-1 (Api): open" in cli(farm, "status")
     during = sum(1 for times in starts(farm).values() for t in times if t >= paced_from)
     cause.unlink()
     removed = time.time()
@@ -131,6 +144,7 @@ def test_an_outage_of_20_instances_is_one_incident_with_every_seq_accounted(farm
     last_starts = [max(times) for times in starts(farm).values()]
     assert max(last_starts) - after[0] <= 0.3 + 1.0 + 0.5, (after[0], sorted(last_starts))
     # And the incident is listed as recent.
+    assert re.search(r"recent\n  INC-1 \(Api\): resolved .* ago after", cli(farm, "incidents"))
     view = api_get(farm, "/v1/incidents")
     assert view["open"] == [] and view["recent"][0]["incident"] == "INC-1"
     farm.stop()
@@ -145,9 +159,6 @@ def test_threshold_counts_distinct_instances_not_restarts(farm: Farm, svc: DevSe
     farm.wait_log("20 instances")
     wait_until(lambda: sum(len(t) for t in starts(farm).values()) >= 20, 20, what="20 starts")
     Path(f"{own}-0").write_text("2")  # instance 0 crashes twice
-    farm.instances()
-    import os
-    import signal as sig
     pids = farm.instances()
     os.kill(pids["ET-Api-0"], sig.SIGTERM)  # exit 0 then restart reads its own cause: 2 crashes
     assert svc.wait_for(lambda es: len([e for e in of_kind(es, "crashed") if e["exec_id"] == "ET-Api-0"]) >= 2, 20)
@@ -216,3 +227,31 @@ def test_normalisation_groups_numbers_and_addresses_not_different_exceptions() -
     assert normalise(a) != normalise("PermissionError: [Errno 13] Permission denied: '/dev/nvidia0'")
     assert normalise("CUDA error: out of memory on device 0") != normalise("CUDA error: device-side assert on device 0")
     assert "<addr>" in normalise(c)
+
+
+def test_incident_messages_in_english_and_chinese() -> None:
+    from exec_supervisor.events import Event
+    from exec_supervisor.events.messages import format_message
+
+    base = {"incident": "INC-7", "scope": "farm", "types": ["Web", "Jobs"]}
+    opened = Event(event="incident_opened", level="error", supervisor="s", detail={
+        **base, "failed": 9, "of": 10, "failures": 14, "within": 3.2, "forward": "digest", "digest_every": 60,
+        "exit": "exit code 1", "exit_count": 14, "line": "ConnectionRefusedError: <addr>:<n>", "line_count": 12,
+        "example": {"exec_id": "ET-Web-3", "exit": "exit code 1", "line": "ConnectionRefusedError: 10.0.0.1:80"}})
+    digest = Event(event="incident_digest", level="warning", supervisor="s", detail={
+        **base, "failures": 5, "total_failures": 19, "down": 10, "of": 10, "restart_spacing": 4.0, "open_for": 60,
+        "folded": 31, "first_seq": 100, "last_seq": 140})
+    resolved = Event(event="incident_resolved", level="info", supervisor="s", detail={
+        **base, "duration": 125, "failures": 40, "exec_ids": ["ET-Web-0", "ET-Jobs-1"]})
+    en = [format_message(e) for e in (opened, digest, resolved)]
+    assert en[0].startswith("exec-supervisor@s: farm-wide incident INC-7 (2 types failing together: Web, Jobs) "
+                            "opened: 9 of 10 instances failed within 3.2s (14 failures)")
+    assert "e.g. ET-Web-3: exit code 1, 'ConnectionRefusedError: 10.0.0.1:80'" in en[0]
+    assert "31 instance events folded into this (seq 100-140)" in en[1] and "restarts spaced 4.0s" in en[1]
+    assert "resolved after 125s: 40 failures in all, 2 instances hit (ET-Web-0, ET-Jobs-1)" in en[2]
+    zh = [format_message(e, "zh") for e in (opened, digest, resolved)]
+    assert "全局事件 INC-7" in zh[0] and "10 个实例中有 9 个" in zh[0]
+    assert "合并了 31 条实例事件 (seq 100-140)" in zh[1] and "已恢复" in zh[2]
+    crashed = Event(event="crashed", level="error", supervisor="s", exec_id="ET-Web-1", type="Web", id=1,
+                    exit_code=1, runtime=0.1, restart_in=1.0, restarts=2, output="boom", folded="INC-7", seq=120)
+    assert format_message(crashed).split("\n")[0].endswith("(folded into incident INC-7, seq 120)")

@@ -38,7 +38,7 @@ def load_or_exit(path: str, environ: dict[str, str] | None = None) -> Any:
         sys.exit(EXIT_USAGE)
 
 
-COMMAND_ORDER = ("start", "status", "describe", "logs", "scale", "stop", "restart", "signal", "reload", "events",
+COMMAND_ORDER = ("start", "status", "describe", "logs", "scale", "stop", "restart", "signal", "reload", "events", "incidents",
                  "upgrade", "shutdown", "check", "systemd-unit", "dev-service", "run-one", "export",
                  "supervisord-listener")
 

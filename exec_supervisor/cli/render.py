@@ -106,7 +106,25 @@ def render_status(data: dict[str, Any], paint: Painter, states: set[str] | None 
         f"RSS {human_bytes(sup.get('rss'))}"
     )
     lines.append(render_backlog(sup.get("forwarding"), sup.get("backlog")))
+    for incident in data.get("incidents") or []:
+        lines.append(paint("incident ", fg="red", bold=True) + incident_line(incident, now))
     return "\n".join(lines)
+
+
+def incident_line(incident: dict[str, Any], now: float) -> str:
+    """One incident: id, types, age, failures, what they have in common."""
+    types = ", ".join(incident.get("types") or [])
+    scope = "farm-wide, " if incident.get("scope") == "farm" else ""
+    if incident.get("state") == "open":
+        when = f"open for {human_duration(now - incident.get('opened', now))}, " \
+               f"{incident.get('down', '?')}/{incident.get('of', '?')} down"
+    else:
+        when = f"resolved {human_duration(now - (incident.get('resolved') or now))} ago after " \
+               f"{human_duration((incident.get('resolved') or now) - incident.get('opened', now))}"
+    common = "; ".join(str(x) for x in (incident.get("exit"), incident.get("line")) if x)
+    return (f"{incident.get('incident')} ({scope}{types}): {when}, {incident.get('failures', 0)} failures of "
+            f"{incident.get('hit', 0)} instances, {incident.get('folded', 0)} events folded"
+            + (f"; {common}" if common else ""))
 
 
 def human_seconds(value: Any) -> str:

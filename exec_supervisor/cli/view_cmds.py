@@ -1,4 +1,4 @@
-"""Commands that look at a running farm: `status` (filters, --watch, exit code 4), `describe`.
+"""Commands that look at a running farm: `status` (filters, --watch, exit code 4), `describe`, `incidents`.
 
 Owns: what the operator sees of the farm's state. Must not: change anything.
 """
@@ -122,3 +122,24 @@ def describe(exec_id: str, as_json: bool, config_path: str | None, socket_path: 
 
     data = call(make_client(config_path, socket_path), "GET", "/v1/describe/" + quote(exec_id, safe=""))
     click.echo(json.dumps(data, indent=2) if as_json else render_describe(data, Painter(wants_colour())))
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Print the daemon's JSON answer.")
+@control_options
+def incidents(as_json: bool, config_path: str | None, socket_path: str | None) -> None:
+    """Open incidents (correlated failures of a type, or farm-wide) and the last 20 resolved."""
+    from .render import incident_line
+
+    data = call(make_client(config_path, socket_path), "GET", "/v1/incidents")
+    if as_json:
+        click.echo(json.dumps(data, indent=2))
+        return
+    paint = Painter(wants_colour())
+    now = time.time()
+    lines = [paint("open", bold=True)] + [paint("  " + incident_line(i, now), fg="red") for i in data["open"]]
+    if not data["open"]:
+        lines.append("  none")
+    lines.append(paint("recent", bold=True))
+    lines += ["  " + incident_line(i, now) for i in data["recent"]] or ["  none"]
+    click.echo("\n".join(lines))

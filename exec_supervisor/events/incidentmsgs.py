@@ -52,7 +52,7 @@ def _common(d: dict[str, Any], zh: bool) -> str:
                  + (f", {example['line']!r}" if example.get("line") else ""))
     if not parts:
         return shown
-    return (f"; 共同点: " if zh else "; in common: ") + ", ".join(parts) + shown
+    return ("; 共同点: " if zh else "; in common: ") + ", ".join(parts) + shown
 
 
 def en(e: Event) -> str:
