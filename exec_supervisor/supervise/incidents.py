@@ -34,7 +34,8 @@ from ..events import INSTANCE_EVENT_LEVELS, Event
 from .restartgate import Gate, Ticket
 from .timers import backoff_delay
 
-FAILURES = ("crashed", "fatal", "unhealthy")
+# A failed health check or start_timeout stops the instance and ends as a crashed event with its cause.
+FAILURES = ("crashed", "fatal")
 WINDOW_MAX = 10_000  # failures kept per type: a bound, whatever the crash rate
 RECENT_MAX = 20  # resolved incidents kept for `exec-supervisor incidents`
 
@@ -72,8 +73,8 @@ def last_line(event: Event) -> str:
 def how_ended(event: Event) -> str:
     if event.detail.get("error"):
         return "could not start"
-    if event.event == "unhealthy":
-        return "unhealthy"
+    if event.detail.get("cause"):  # stopped by a health check or start_timeout
+        return normalise(f"stopped for {event.detail['cause']}")
     if event.detail.get("status_unknown"):
         return "exit status unknown"
     if event.signal:
