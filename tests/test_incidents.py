@@ -82,7 +82,8 @@ def test_an_outage_of_20_instances_is_one_incident_with_every_seq_accounted(farm
     cause.write_text("down")
     incidents = {"threshold": 3, "window": "5s", "digest_every": "1s", "resolve_after": "1s",
                  "group_wait": "0.3s", "restart_batch": 20, "restart_every": "0.2s"}
-    write(farm, svc, {"Api": outage_type(cause, 20)}, incidents)
+    # start_seconds well above a Python executor's start-up under load: a failing one never counts as up.
+    write(farm, svc, {"Api": outage_type(cause, 20)}, incidents, start_seconds=1.0)
     farm.start()
     assert svc.wait_for(lambda es: of_kind(es, "incident_opened"), 20), svc.messages()
     assert svc.wait_for(lambda es: len(of_kind(es, "incident_digest")) >= 2, 20), svc.messages()
@@ -139,10 +140,10 @@ def test_an_outage_of_20_instances_is_one_incident_with_every_seq_accounted(farm
     # Paced while open: far fewer starts than 20 per backoff round (about 3 seconds at a 1 s cap).
     assert during < 20, during
     # The farm comes back as one: every instance started within one backoff interval (cap 1 s)
-    # of the probe that stayed up (start_seconds 0.3).
+    # of the probe staying up (start_seconds 1 after its start).
     after = sorted(t for times in starts(farm).values() for t in times if t >= removed)
     last_starts = [max(times) for times in starts(farm).values()]
-    assert max(last_starts) - after[0] <= 0.3 + 1.0 + 0.5, (after[0], sorted(last_starts))
+    assert max(last_starts) - after[0] <= 1.0 + 1.0, (after[0], sorted(last_starts))
     # And the incident is listed as recent.
     assert re.search(r"recent\n  INC-1 \(Api\): resolved .* ago after", cli(farm, "incidents"))
     view = api_get(farm, "/v1/incidents")
@@ -185,7 +186,8 @@ def test_two_failing_types_are_one_farm_wide_incident_and_a_third_is_untouched(f
     other.write_text("down")
     incidents = {"threshold": 3, "window": "5s", "digest_every": "1s", "resolve_after": "1s", "group_wait": "1s"}
     write(farm, svc, {"Web": outage_type(cause, 5), "Jobs": outage_type(cause, 5),
-                      "Side": outage_type(other, 2)}, incidents)  # 2 instances: below the threshold
+                      "Side": outage_type(other, 2)}, incidents,  # 2 instances: below the threshold
+          start_seconds=2.0)  # well above a Python executor's start-up under load: Side never counts as up
     farm.start()
     assert svc.wait_for(lambda es: of_kind(es, "incident_opened"), 20), svc.messages()
     assert svc.wait_for(lambda es: len([e for e in of_kind(es, "crashed") if e["type"] == "Side"]) >= 12, 30)
