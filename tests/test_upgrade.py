@@ -328,3 +328,27 @@ def test_executor_log_lines_keep_flowing_across_an_upgrade(farm: Farm, svc: DevS
             got[match.group(1)].add(int(match.group(3)))
     for exec_id, last in printed.items():
         assert got[exec_id] == set(range(last + 1)), f"{exec_id}: lines lost across the upgrade"
+
+
+def test_no_client_is_ever_closed_unanswered_across_upgrades(farm: Farm) -> None:
+    """Many clients connecting all the time: one accepted just as the old image stops accepting is
+    answered by it (or waits in the backlog for the new one), never closed unanswered."""
+    farm.write({"S": {**farm.program("sleep"), "count": 2}})
+    farm.start(wait_instances=2)
+    pollers = [Poller(farm) for _ in range(8)]
+    for poller in pollers:
+        poller.start()
+    try:
+        for upgrades in range(1, 6):
+            wait_until(lambda: sum(p.answers for p in pollers) > 8 * upgrades, 30, what="the pollers answered")
+            farm.daemon.send_signal(signal.SIGUSR2)
+            wait_until(lambda: api(farm).call("GET", "/v1/health")[1].get("upgrades") == upgrades, 60,
+                       what=f"upgrade {upgrades}")
+    finally:
+        for poller in pollers:
+            poller.done.set()
+        for poller in pollers:
+            poller.join(30)
+    assert [f for p in pollers for f in p.failures] == []
+    assert all(p.answers > 5 for p in pollers)
+    assert farm.stop() == 0
