@@ -10,6 +10,11 @@ Every request runs on the daemon's loop. A connection that sends nothing for
 IDLE_TIMEOUT is closed; a request head larger than MAX_HEAD or a body larger
 than the server's max_body is refused (431/413); bytes that are not HTTP get a
 400. Handler failures become 500 JSON answers: no request can take the loop down.
+
+The accept loop is ours (not asyncio's start_server) so that every accepted
+connection is known the moment it is accepted: drain() stops accepting, answers
+every connection accepted so far, and closes only keep-alive ones that are idle
+with nothing buffered; clients arriving later wait in the listen backlog.
 """
 
 from __future__ import annotations
@@ -18,8 +23,10 @@ import asyncio
 import json
 import logging
 import re
+import fcntl
 import socket
-import sys
+import struct
+import termios
 from typing import Any, Awaitable, Callable
 from urllib.parse import parse_qsl, unquote, urlsplit
 
@@ -31,16 +38,12 @@ MAX_HEAD = 16 * 1024
 IDLE_TIMEOUT = 30.0
 READ_CHUNK = 64 * 1024
 MAX_CONNECTIONS = 128
+BACKLOG = 100
 CLOSE_GRACE = 2.0
 
 REASONS = {200: "OK", 202: "Accepted", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed",
            409: "Conflict", 413: "Content Too Large", 422: "Unprocessable Content", 431: "Request Header Fields "
            "Too Large", 500: "Internal Server Error", 503: "Service Unavailable"}
-
-
-# Python 3.13 removes a Unix server's socket file when the server closes; an upgrade closes
-# the server while the socket (kept open for the next image) must stay where clients find it.
-_KEEP_SOCKET_FILE = {"cleanup_socket": False} if sys.version_info >= (3, 13) else {}
 
 
 class HttpError(Exception):
@@ -95,6 +98,18 @@ class _Connection:
             if data:
                 self.writer.write(data)
         await self.writer.drain()
+
+    def pending(self) -> bool:
+        """Bytes of a next request are here: kept by h11 or waiting in the kernel's receive buffer."""
+        if self.h11.trailing_data[0]:
+            return True
+        sock = self.writer.get_extra_info("socket")
+        if sock is None:
+            return False
+        try:
+            return struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.FIONREAD, b"\0\0\0\0"))[0] > 0
+        except OSError:
+            return False
 
     def gone(self) -> bool:
         """The client hung up (seen without reading: the protocol fed EOF or an error to the reader)."""
@@ -209,34 +224,69 @@ class HttpServer:
         self.router = router
         self.max_body = max_body
         self.name = name  # "control" or "web": in log lines and the 503 answer
-        self._server: asyncio.AbstractServer | None = None
+        self._listening: list[socket.socket] = []
         self._connections: set[asyncio.Task[None]] = set()
         self._idle: set[asyncio.Task[None]] = set()  # waiting for a request: safe to cancel at once
         self._fresh: set[asyncio.Task[None]] = set()  # accepted, no request answered yet
+        self._by_task: dict[asyncio.Task[None], _Connection] = {}
         self._closing = False
 
     async def start_unix(self, path: str) -> None:
-        self._server = await asyncio.start_unix_server(self._serve, path, limit=READ_CHUNK, **_KEEP_SOCKET_FILE)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.bind(path)
+            sock.listen(BACKLOG)
+        except OSError:
+            sock.close()
+            raise
+        await self.start_unix_socket(sock)
 
     async def start_unix_socket(self, sock: socket.socket) -> None:
         """Serve a socket that is already listening (one handed over by an upgrading image)."""
-        self._server = await asyncio.start_unix_server(self._serve, sock=sock, limit=READ_CHUNK,
-                                                       **_KEEP_SOCKET_FILE)
+        sock.setblocking(False)
+        self._listening.append(sock)
+        asyncio.get_running_loop().add_reader(sock.fileno(), self._accept, sock)
 
     def listening_fd(self) -> int | None:
-        sockets = self._server.sockets if self._server is not None else ()
-        return sockets[0].fileno() if sockets else None
+        return self._listening[0].fileno() if self._listening else None
+
+    def _accept(self, listening: socket.socket) -> None:
+        """Accept what waits and register each connection at once: from the accept on, drain()
+        knows it (asyncio's servers start the handler a few loop turns later, and a connection
+        accepted in between was neither answered nor waited for)."""
+        for _ in range(BACKLOG):
+            try:
+                conn, _ = listening.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:  # EMFILE and the like: the client waits, we try again on the next wakeup
+                log.warning("control API: cannot accept a connection: %s", exc)
+                return
+            task = asyncio.get_running_loop().create_task(self._serve(conn))
+            self._connections.add(task)
+            self._fresh.add(task)
+
+    def _stop_accepting(self) -> None:
+        for sock in self._listening:
+            asyncio.get_running_loop().remove_reader(sock.fileno())
+            sock.close()  # the caller keeps its own copy for the next image if it wants one
+        self._listening = []
 
     async def drain(self, grace: float) -> None:
         """Stop accepting (the caller keeps the listening socket open: new clients wait in its
         backlog), let every request already accepted finish, then close every connection.
         A connection accepted but not yet asked anything gets `grace` to send its request."""
         self._closing = True
-        if self._server is not None:
-            self._server.close()
-            self._server = None
+        self._stop_accepting()
+        # A connection whose read just completed is woken by now; an idle keep-alive one with
+        # bytes already in the kernel is answered too; only truly idle ones are closed.
+        await asyncio.sleep(0)
         for task in self._idle - self._fresh:
-            task.cancel()
+            connection = self._by_task.get(task)
+            if connection is not None and connection.pending():
+                self._fresh.add(task)
+            else:
+                task.cancel()
         if self._connections:
             _, pending = await asyncio.wait(set(self._connections), timeout=grace)
             for task in pending:
@@ -246,16 +296,19 @@ class HttpServer:
 
     async def start_tcp(self, host: str, port: int) -> tuple[str, int]:
         """Listen on host:port ('' = every address; port 0 = any free one); returns the address bound."""
-        self._server = await asyncio.start_server(self._serve, host or None, port, limit=READ_CHUNK,
-                                                  reuse_address=True)
-        bound = self._server.sockets[0].getsockname()
+        # asyncio binds (every address of host, v6-only for v6) but does not serve: our accept loop does
+        binder = await asyncio.get_running_loop().create_server(asyncio.Protocol, host or None, port,
+                                                                reuse_address=True, start_serving=False)
+        socks = [sock.dup() for sock in binder.sockets]
+        binder.close()
+        for sock in socks:
+            await self.start_unix_socket(sock)
+        bound = socks[0].getsockname()
         return bound[0], bound[1]
 
     async def close(self) -> None:
         self._closing = True
-        if self._server is not None:
-            self._server.close()
-            self._server = None
+        self._stop_accepting()
         for task in self._idle:
             task.cancel()
         if self._connections:
@@ -266,12 +319,19 @@ class HttpServer:
             if pending:
                 await asyncio.wait(pending, timeout=CLOSE_GRACE)
 
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _serve(self, conn: socket.socket) -> None:
         task = asyncio.current_task()
         assert task is not None
-        self._connections.add(task)
-        self._fresh.add(task)
+        try:
+            opener = asyncio.open_unix_connection if conn.family == socket.AF_UNIX else asyncio.open_connection
+            reader, writer = await opener(sock=conn, limit=READ_CHUNK)
+        except BaseException:
+            conn.close()
+            self._connections.discard(task)
+            self._fresh.discard(task)
+            raise
         connection = _Connection(reader, writer)
+        self._by_task[task] = connection
         try:
             if len(self._connections) > MAX_CONNECTIONS:
                 await self._refuse(connection, 503,
@@ -288,13 +348,14 @@ class HttpServer:
             log.exception("%s API: connection failed", self.name)
         finally:
             self._connections.discard(task)
+            self._by_task.pop(task, None)
             self._idle.discard(task)
             self._fresh.discard(task)
             writer.close()
 
     async def _serve_requests(self, connection: _Connection, task: asyncio.Task[None]) -> None:
         # Draining (drain()) still answers a connection that was accepted before it began.
-        while not self._closing or task in self._fresh:
+        while not self._closing or task in self._fresh or connection.pending():
             self._idle.add(task)
             try:
                 event = await connection.next_event(IDLE_TIMEOUT)
@@ -307,7 +368,7 @@ class HttpServer:
             request = Request(event, connection, self.max_body)
             response = await self._dispatch(request)
             if isinstance(response, Response):
-                await self._send(connection, request, response)
+                await self._send(connection, request, response, self._closing)
             self._fresh.discard(task)
             # Drop an unread body (bounded) so the connection can take the next request.
             while connection.h11.their_state is h11.SEND_BODY:
@@ -334,11 +395,12 @@ class HttpServer:
             return error_response(500, f"internal error ({type(exc).__name__}: {exc}); the daemon keeps running")
 
     @staticmethod
-    async def _send(connection: _Connection, request: Request, response: Response) -> None:
+    async def _send(connection: _Connection, request: Request, response: Response, closing: bool) -> None:
         headers = [("Content-Type", response.content_type), ("Content-Length", str(len(response.body))),
                    *response.headers]
-        if response.status == 413:
-            headers.append(("Connection", "close"))  # the rest of that body is not worth reading
+        if response.status == 413 or closing:
+            # 413: the rest of that body is not worth reading; closing: this connection ends now
+            headers.append(("Connection", "close"))
         reason = REASONS.get(response.status, "").encode()
         events: list[Any] = [h11.Response(status_code=response.status, headers=headers, reason=reason)]
         if response.body and request.method != "HEAD":
