@@ -302,6 +302,7 @@ class HttpServer:
         socks = [sock.dup() for sock in binder.sockets]
         binder.close()
         for sock in socks:
+            sock.listen(BACKLOG)  # asyncio listens only when it starts serving
             await self.start_unix_socket(sock)
         bound = socks[0].getsockname()
         return bound[0], bound[1]
