@@ -10,6 +10,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -159,4 +160,97 @@ def test_a_flooding_executor_is_rate_limited_and_every_supervisor_error_arrives(
         flood = [e for e in svc.entries if "flood " in e["message"]]
         assert row["lines"]["dropped"] >= 15000 and row["lines"]["relayed"] + row["lines"]["pending"] < 2000
         assert len(flood) < 2000
+        assert farm.stop() == 0
+
+
+# --------------------------------------------------------------------------- the relay
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_relay_carries_an_unmodified_seed_style_executor_durably_and_proxies_with_auth(
+        farm: Farm, secret_env: dict[str, str]) -> None:
+    token = secret_env["RELAY_TEST_TOKEN"]
+    port = free_port()  # the relay's port, recorded as a previous run would have
+    farm.state_dir.mkdir(parents=True, exist_ok=True)
+    (farm.state_dir / "relay.json").write_text(json.dumps({"port": port}))
+    with DevService(token=token, exempt=False) as svc:
+        svc.fail_status = 503  # the log API fails: the seed's line must wait in the supervisor's spool
+        farm.write({"SeedStyle": {
+            "command": ["{python}", str(ROOT / "executors" / "et_seed_style.py")], "count": 1,
+            # Its public-IP lookup is a GET through the relay: the answer ends up in its first line.
+            "env": {"ET_PUBLIC_IP_URL": f"http://127.0.0.1:{port}/ET-SeedStyle-0/api/whoami"},
+        }}, service={"host": svc.url, "relay": True, "auth": {"token_env": "RELAY_TEST_TOKEN"}},
+            events={"forward": True})
+        farm.start(wait_instances=1)
+        os.environ.pop("RELAY_TEST_TOKEN")
+        pid = farm.instances()["ET-SeedStyle-0"]
+        relay = f"http://127.0.0.1:{port}/ET-SeedStyle-0/"
+        assert psutil.Process(pid).cmdline()[-4:] == ["--service-host", relay, "--id", "0"]
+        environ = environ_of(pid)
+        assert f"ET_SERVICE_HOST={relay}".encode() in environ and token.encode() not in environ
+        log_file = farm.log_dir / "ET-SeedStyle-0.log"
+        wait_until(lambda: "[debug] ET-SeedStyle-0: 已启动" in log_file.read_text(), 20, what="its first line")
+        # The relay answered 200 at once: the seed saw no failure, the line is the supervisor's now,
+        # and it survives the executor's death.
+        assert "服务响应异常" not in log_file.read_text()
+        # (it prints before it posts: wait for the relay to hold the line)
+        wait_until(lambda: (status(farm)["instances"][0]["lines"] or {}).get("pending") == 1, 20,
+                   what="the line in the supervisor's spool")
+        os.kill(pid, signal.SIGKILL)
+        wait_until(lambda: farm.instances().get("ET-SeedStyle-0") not in (None, pid), 20, what="a restart")
+        wait_until(lambda: (status(farm)["instances"][0]["lines"] or {}).get("pending") == 2, 20,
+                   what="the second run's line in the supervisor's spool")
+        assert not any(e["message"].startswith("ET-SeedStyle-0: 已启动") for e in svc.entries)
+        svc.fail_status = None
+        assert svc.wait_for(lambda es: sum(1 for e in es if e["message"].startswith("ET-SeedStyle-0: 已启动")) == 2,
+                            30)
+        lines = [e for e in svc.entries if e["message"].startswith("ET-SeedStyle-0: 已启动")]
+        assert all({k for k in e if not k.startswith("_")} == {"level", "message"} for e in lines)
+        # The GETs reached the service with the supervisor's token, and the answer came back.
+        gets = [r for r in svc.request_log if r[0] == "GET"]
+        assert len(gets) == 2 and all(r == ("GET", "/api/whoami", f"Bearer {token}") for r in gets), gets
+        assert all('"Not Found"' in e["message"] for e in lines), lines
+        # A process that is not the instance's cannot use its path.
+        import requests
+        answer = requests.post(relay + "api/bases/logs/", json={"level": "info", "message": "x"}, timeout=10)
+        assert answer.status_code == 403
+        assert requests.get(f"http://127.0.0.1:{port}/nothing", timeout=10).status_code == 404
+        assert farm.stop() == 0
+
+
+def test_a_reload_switches_the_relay_on_and_off(farm: Farm) -> None:
+    with DevService() as svc:
+        spec = {"Talker": {**talker("count", TALK_EVERY="0.5"), "count": 1}}
+        farm.write(spec, service={"host": svc.url}, events={"forward": True})
+        farm.start(wait_instances=1)
+
+        def host_arg() -> str | None:
+            pid = farm.instances().get("ET-Talker-0")
+            try:
+                return psutil.Process(pid).cmdline()[-3] if pid else None
+            except psutil.Error:
+                return None
+
+        assert host_arg() == svc.url
+
+        def reload() -> None:
+            done = subprocess.run([sys.executable, "-m", "exec_supervisor.cli", "reload", "-c",
+                                   str(farm.config_path)], capture_output=True, text=True, timeout=60)
+            assert done.returncode == 0, done.stderr
+
+        farm.write(spec, service={"host": svc.url, "relay": True}, events={"forward": True})
+        reload()
+        port = json.loads((farm.state_dir / "relay.json").read_text())["port"]
+        relayed = f"http://127.0.0.1:{port}/ET-Talker-0/"
+        wait_until(lambda: host_arg() == relayed, 20, what="the instance on the relay")
+        farm.write(spec, service={"host": svc.url}, events={"forward": True})
+        reload()
+        wait_until(lambda: host_arg() == svc.url, 20, what="the instance off the relay")
+        with pytest.raises(OSError):
+            socket.create_connection(("127.0.0.1", port), timeout=2).close()
         assert farm.stop() == 0

@@ -341,6 +341,8 @@ class AuthConfig(Strict):
 class ServiceConfig(Strict):
     host: str = "http://127.0.0.1:8083/"
     auth: Annotated[AuthConfig, BeforeValidator(none_is_empty)] = AuthConfig()
+    # Executors get the daemon's loopback relay as their --service-host (relay/http.py).
+    relay: bool = False
 
     @field_validator("host")
     @classmethod
@@ -514,11 +516,15 @@ class FarmConfig:
                              "no daemon runs them")
         return found
 
-    def instance_spec(self, type_name: str, instance_id: int) -> InstanceSpec:
-        """The spec of one instance (which need not be in the configured id set: scale adds ids)."""
+    def instance_spec(self, type_name: str, instance_id: int, relay: str | None = None) -> InstanceSpec:
+        """The spec of one instance (which need not be in the configured id set: scale adds ids).
+
+        relay: the daemon's relay URL when service.relay is on; the instance's service host is then
+        <relay><exec id>/ (the relay tells instances apart by that path)."""
         executor = self.executors[type_name]
         exec_id = f"ET-{type_name}-{instance_id}"
-        values = placeholder_values(type_name, instance_id, self.service.host)
+        service_host = f"{relay}{exec_id}/" if relay and self.service.relay else self.service.host
+        values = placeholder_values(type_name, instance_id, service_host)
         # Interned: most arguments (the service host, say) are the same text for every instance.
         argv = (self.programs[type_name],) + tuple(
             sys.intern(arg.format_map(values)) for arg in executor.command[1:]
@@ -528,7 +534,7 @@ class FarmConfig:
             ET_EXEC_ID=exec_id,
             ET_NAME=type_name,
             ET_ID=str(instance_id),
-            ET_SERVICE_HOST=self.service.host,
+            ET_SERVICE_HOST=service_host,
         )
         if executor.watchdog:
             # As systemd sets it; a changed watchdog restarts the instance, which must learn the new pace.

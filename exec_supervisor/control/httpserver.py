@@ -122,6 +122,7 @@ class Request:
         target = event.target.decode("ascii", "replace")
         parts = urlsplit(target)
         self.path = unquote(parts.path)
+        self.query_string = parts.query  # as sent (a proxy passes it on unchanged)
         # a repeated key keeps its first value, as in aiohttp's request.query.get()
         self.query: dict[str, str] = {}
         for key, value in parse_qsl(parts.query, keep_blank_values=True):
@@ -156,6 +157,11 @@ class Request:
 
     def gone(self) -> bool:
         return self._connection.gone()
+
+    @property
+    def peer(self) -> Any:
+        """The client's address: (host, port) over TCP, '' over a Unix socket."""
+        return self._connection.writer.get_extra_info("peername")
 
 
 class StreamResponse:
@@ -246,6 +252,11 @@ class HttpServer:
         sock.setblocking(False)
         self._listening.append(sock)
         asyncio.get_running_loop().add_reader(sock.fileno(), self._accept, sock)
+
+    async def start_tcp(self, host: str, port: int) -> int:
+        """Listen on host:port (0: any free port); returns the port."""
+        self._server = await asyncio.start_server(self._serve, host, port, limit=READ_CHUNK)
+        return self._server.sockets[0].getsockname()[1]
 
     def listening_fd(self) -> int | None:
         return self._listening[0].fileno() if self._listening else None

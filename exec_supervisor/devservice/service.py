@@ -59,6 +59,7 @@ class DevService:
         self.fail_count: int = 0
         self.requests_seen: int = 0
         self.auth_headers: list[str] = []
+        self.request_log: list[tuple[str, str, str | None]] = []  # (method, path, Authorization)
         self.entries: list[dict[str, Any]] = []
         # Called (outside the lock) with each accepted entry; serve_forever prints with it.
         self.on_entry: Callable[[dict[str, Any]], None] | None = None
@@ -168,9 +169,10 @@ class DevService:
             else:
                 self._conns.discard(conn)
 
-    def _count_request(self, authorization: str | None) -> None:
+    def _count_request(self, authorization: str | None, method: str = "", path: str = "") -> None:
         with self._cond:
             self.requests_seen += 1
+            self.request_log.append((method, path, authorization))
             if authorization is not None:
                 self.auth_headers.append(authorization)
 

@@ -106,7 +106,7 @@ class LogApiHandler(BaseHTTPRequestHandler):
     def _dispatch(self) -> None:
         svc = self.server.service
         body = self._read_body()  # always drain it, or keep-alive desyncs
-        svc._count_request(self.headers.get("Authorization"))
+        svc._count_request(self.headers.get("Authorization"), self.command, urlsplit(self.path).path)
         if not svc._pause():
             # stop() was called while we were being slow: behave like a service
             # that went away, i.e. hang up without an answer.

@@ -264,6 +264,11 @@ class EventForwarder:
         backlog["executor_lines"] = self.lines.summary()
         return backlog
 
+    def bearer(self) -> str | None:
+        """The token the supervisor sends now (the relay adds it to what it passes on), or None."""
+        auth = self._auth
+        return auth.token if auth is not None else None
+
     def recent(self, n: int) -> list[dict[str, Any]]:
         return self._recent.last(n)
 

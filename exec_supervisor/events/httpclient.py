@@ -89,6 +89,11 @@ class Channel:
     def post(self, url: str, body: bytes, headers: dict[str, str], timeouts: tuple[float, float]) -> Answer:
         """POST and read the whole answer. A kept-alive connection the server has closed meanwhile
         is replaced once at once (the event may then arrive twice: delivery is at least once)."""
+        return self.request("POST", url, body, headers, timeouts)
+
+    def request(self, method: str, url: str, body: bytes | None, headers: dict[str, str],
+                timeouts: tuple[float, float]) -> Answer:
+        """Any method, as post() (the relay passes executors' other requests on with it)."""
         parts = urlsplit(url)
         target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
         headers = {"User-Agent": "exec-supervisor", **headers}
@@ -99,7 +104,7 @@ class Channel:
             connection = self._connected(timeouts)
             try:
                 connection.sock.settimeout(timeouts[1])
-                connection.request("POST", target, body=body, headers=headers)
+                connection.request(method, target, body=body, headers=headers)
                 response = connection.getresponse()
                 data = response.read()
             except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError) as exc:

@@ -29,6 +29,7 @@ class LogSocket:
     """Extension: start(daemon) / stopping(daemon) / stop(daemon)."""
 
     def __init__(self) -> None:
+        self.relay: Any = None  # relay/http.py's Relay while service.relay is on
         self.socket: LineSocket | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._daemon: Any = None
@@ -54,6 +55,36 @@ class LogSocket:
         self._loop = asyncio.get_running_loop()
         self._loop.add_reader(self.socket.fileno(), self._on_readable)
         daemon.engine.set_farm_env(ENV_LOG_SOCKET, address)
+        if daemon.config.service.relay:
+            await self._start_relay(daemon)
+
+    async def _start_relay(self, daemon: Any) -> bool:
+        from .http import Relay
+
+        relay = Relay(daemon)
+        try:
+            await relay.start()
+        except OSError as exc:
+            log.error("service.relay: cannot listen on 127.0.0.1 (%s); executors get service.host", exc.strerror or exc)
+            return False
+        self.relay = relay
+        daemon.engine.relay_url = relay.url
+        log.info("service.relay: executors post to %s<exec id>/ (lines spooled, other requests passed on "
+                 "to %s with the supervisor's credentials)", relay.url, daemon.config.service.host)
+        return True
+
+    async def reloaded(self, daemon: Any, result: Any) -> None:
+        """service.relay switched on or off by a reload: the instances follow (a second reconcile)."""
+        wanted = bool(daemon.config.service.relay) and self.socket is not None
+        if wanted and self.relay is None:
+            if await self._start_relay(daemon):
+                await daemon.engine.reconcile()
+        elif not wanted and self.relay is not None:
+            # The reload's reconcile gave the instances service.host again (the spec ignores the
+            # relay when it is off); nobody needs the listener any more.
+            relay, self.relay = self.relay, None
+            daemon.engine.relay_url = None
+            await relay.stop()
 
     def _on_readable(self) -> None:
         sock, daemon = self.socket, self._daemon
@@ -85,6 +116,9 @@ class LogSocket:
         pass
 
     async def stop(self, daemon: Any) -> None:
+        if self.relay is not None:
+            await self.relay.stop()
+            self.relay = None
         if self.socket is None:
             return
         self._on_readable()  # what the last instances wrote as they stopped

@@ -55,6 +55,7 @@ class Engine(Ownership):
         self.farm_env: dict[str, str] = {}  # set by the daemon's extensions (ET_LOG_SOCKET, ...)
         # Every instance carries the farm's mark: the next daemon finds its processes by it.
         self.farm = containment.farm_id(config.state_dir)
+        self.relay_url: str | None = None  # the relay's base URL while it listens (service.relay)
         self.config = config  # sets base_env too
         # Instance events pass the incident tracker (folding, failure windows) around the bus.
         self.incidents = Tracker(self)
@@ -250,7 +251,7 @@ class Engine(Ownership):
         wanted: dict[str, tuple[InstanceSpec, ExecutorType]] = {}
         for type_name, executor in config.executors.items():
             for instance_id in (scaled[type_name] if type_name in scaled else config.ids_of(type_name)):
-                spec = config.instance_spec(type_name, instance_id)
+                spec = config.instance_spec(type_name, instance_id, self.relay_url)
                 wanted[spec.exec_id] = (spec, executor)
         return wanted
 

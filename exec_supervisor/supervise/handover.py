@@ -162,7 +162,7 @@ def _spec_and_policy(engine: Engine, record: dict[str, Any],
     if exec_id in wanted:
         spec, policy = wanted[exec_id]
     elif type_name in engine.config.executors:
-        spec, policy = engine.config.instance_spec(type_name, instance_id), engine.config.executors[type_name]
+        spec, policy = engine.config.instance_spec(type_name, instance_id, engine.relay_url), engine.config.executors[type_name]
     else:  # its type left the config: it will only be stopped, with the stop settings it had
         spec = InstanceSpec(type_name, instance_id, exec_id, tuple(record.get("argv") or ("?",)), (),
                             str(record.get("cwd") or "/"))
