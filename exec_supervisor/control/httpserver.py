@@ -253,11 +253,6 @@ class HttpServer:
         self._listening.append(sock)
         asyncio.get_running_loop().add_reader(sock.fileno(), self._accept, sock)
 
-    async def start_tcp(self, host: str, port: int) -> int:
-        """Listen on host:port (0: any free port); returns the port."""
-        self._server = await asyncio.start_server(self._serve, host, port, limit=READ_CHUNK)
-        return self._server.sockets[0].getsockname()[1]
-
     def listening_fd(self) -> int | None:
         return self._listening[0].fileno() if self._listening else None
 

@@ -31,7 +31,6 @@ import json
 import logging
 import os
 import re
-import socket
 from pathlib import Path
 from typing import Any
 
@@ -123,7 +122,7 @@ class Relay:
             previous = 0
         for port in ([previous] if previous else []) + [0]:
             try:
-                self.port = await self._server.start_tcp("127.0.0.1", port)
+                self.port = (await self._server.start_tcp("127.0.0.1", port))[1]
                 break
             except OSError:
                 continue
