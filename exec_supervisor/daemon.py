@@ -19,7 +19,7 @@ from . import __version__, config as config_mod
 from .events import Event, EventBus, locallog
 from .supervise import handover, osproc
 from .supervise.containment import CgroupUnavailable
-from .supervise.engine import Engine
+from .supervise.engine import CommandFailed, Engine
 
 log = logging.getLogger("exec_supervisor")
 
@@ -303,7 +303,25 @@ class Daemon:
             if getattr(new, key) != getattr(self.config, key):
                 return None, [f"{self.config.path.name}: supervisor.{key}: cannot change while running "
                               "(restart the daemon)"]
+        problem = self._unappliable(new)
+        if problem:
+            return None, [f"{self.config.path}: {problem}"]
         return new, []
+
+    def _unappliable(self, new: config_mod.FarmConfig) -> str | None:
+        """All or nothing: what could fail once the new config is in place is tried first (the bound
+        with the runtime scales that stay, and every wanted instance's spec, built as reconcile will)."""
+        dropped = self._dropped_scales(new)
+        scaled = {t: ids for t, ids in self.engine.scaled.items() if t not in dropped}
+        problem = self.engine.over_limit({t: scaled.get(t, new.ids_of(t)) for t in new.executors}, new)
+        if problem:
+            return problem
+        try:
+            self.engine.desired(new, scaled)
+        except Exception as exc:  # a gap in validation: refuse, say so, keep the old config
+            log.exception("reload: the new config cannot be applied")
+            return f"cannot build the instances of the new config ({type(exc).__name__}); nothing was changed"
+        return None
 
     def _dropped_scales(self, new: config_mod.FarmConfig) -> list[str]:
         """Editing a type's ids/count in the config replaces a runtime scale of it."""
@@ -330,10 +348,14 @@ class Daemon:
             self.emit("reload_failed", level="error", errors="; ".join(errors))
             return {"ok": False, "errors": errors}
         dropped = self._dropped_scales(new)
-        for type_name in dropped:
-            self.engine.drop_scale(type_name)
         if dropped:
-            self.engine.save_overrides()
+            try:
+                self.engine.commit_overrides({t: ids for t, ids in self.engine.scaled.items() if t not in dropped},
+                                             self.engine.held)
+            except CommandFailed as exc:
+                errors = [f"{self.config.path}: {exc}"]
+                self.emit("reload_failed", level="error", errors="; ".join(errors))
+                return {"ok": False, "errors": errors}
         self.config = self.engine.config = new
         self.engine.supervisor_name = new.name
         if self.forwarder is not None:

@@ -25,7 +25,7 @@ Rules an operator can rely on (README documents the keys):
   of them and raises one ConfigError, and nothing else ever escapes it.
 """
 
-from .constants import DEFAULT_ARGS, MAX_IDS, NAME_RE, PLACEHOLDERS, RESERVED_ENV
+from .constants import DEFAULT_ARGS, MAX_ID, MAX_IDS, NAME_RE, PLACEHOLDERS, RESERVED_ENV
 from .errors import ConfigError, Problem
 from .loader import load
 from .models import (AuthConfig, Backoff, ControlConfig, EventsConfig, ExecutorSettings, ExecutorType, FarmConfig, Incidents,
@@ -36,5 +36,5 @@ __all__ = [
     "load", "ConfigError", "Problem", "FarmConfig", "InstanceSpec", "ExecutorType", "ExecutorSettings", "Backoff", "Incidents",
     "AuthConfig", "ServiceConfig", "SupervisorConfig", "EventsConfig", "ControlConfig",
     "parse_duration", "parse_ids", "parse_signal", "parse_size",
-    "DEFAULT_ARGS", "MAX_IDS", "NAME_RE", "PLACEHOLDERS", "RESERVED_ENV",
+    "DEFAULT_ARGS", "MAX_ID", "MAX_IDS", "NAME_RE", "PLACEHOLDERS", "RESERVED_ENV",
 ]

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import os
 import signal
@@ -26,7 +25,8 @@ from ..config import ExecutorType, FarmConfig, InstanceSpec
 from ..events import Event, EventBus
 from .incidents import Tracker
 from .instance import Instance, State
-from .overrides import read_overrides
+from .overrides import (CommandFailed, limit_problem, next_ids, read_overrides, write_json_atomic,  # noqa: F401
+                        write_overrides)
 from .plan import DONE, decide, plan_changes
 from .pidwatch import PidWatch
 from .timers import Cancellable, SlackTimers
@@ -78,6 +78,7 @@ class Engine(Ownership):
         self._orphan_exec_ids: dict[int, str] = {}
         self._orphan_scan_at = -1.0
         self._state_dirty = False
+        self._state_error_logged = -1e9
         self._state_handle: asyncio.TimerHandle | None = None
         self._log_handle: asyncio.TimerHandle | None = None
         self._sigchld_handler = False
@@ -255,6 +256,17 @@ class Engine(Ownership):
                 wanted[spec.exec_id] = (spec, executor)
         return wanted
 
+    def over_limit(self, ids: dict[str, tuple[int, ...]], config: FarmConfig | None = None) -> str | None:
+        """Why these id sets (per type; others as they are) would take the farm over max_instances, or None."""
+        config = config or self.config
+        return limit_problem({t: len(ids[t] if t in ids else self.scaled.get(t, config.ids_of(t)))
+                              for t in config.executors}, config.max_instances)
+
+    def scaled_ids(self, type_name: str, count: int | None = None,
+                   ids: Iterable[int] | None = None) -> tuple[int, ...]:
+        """The ids a scale would give the type (ValueError past the largest id there can be)."""
+        return next_ids(type_name, self.ids_of(type_name), count, ids)
+
     def _decide(self, exec_id: str, instance: Instance | None, spec: InstanceSpec | None) -> str:
         return decide(exec_id, instance, spec, exec_id in self.held, instance in self._retiring)
 
@@ -286,7 +298,7 @@ class Engine(Ownership):
                     if changes is not None:
                         changes["stopped"].append(exec_id)
                     self._retire(instance)
-            actions = 0
+            actions = seen = 0
             for exec_id, (spec, policy) in wanted.items():
                 if self.stopping:
                     break
@@ -315,7 +327,9 @@ class Engine(Ownership):
                     done["unchanged"] += 1
                 if changes is not None and action in DONE:
                     changes[DONE[action]].append(exec_id)
-                if actions and actions % SPAWN_BATCH == 0:
+                seen += 1
+                # Every batch yields, spawns or not: health and signals are served within one batch.
+                if (actions and actions % SPAWN_BATCH == 0) or seen % (SPAWN_BATCH * 16) == 0:
                     await asyncio.sleep(0)
             return done
 
@@ -502,8 +516,15 @@ class Engine(Ownership):
             record = handover.identity_record(instance)
             if record is not None:
                 records[exec_id] = record
-        write_json_atomic(self.state_file, {"supervisor_pid": os.getpid(), "boot_id": handover.boot_id(),
-                                            "instances": records})
+        try:
+            write_json_atomic(self.state_file, {"supervisor_pid": os.getpid(), "boot_id": handover.boot_id(),
+                                                "instances": records})
+        except OSError as exc:  # state_dir full: try again at the next change, say so once a minute
+            self._state_dirty = True
+            now = time.monotonic()
+            if now - self._state_error_logged > 60:
+                self._state_error_logged = now
+                log.error("cannot record the running instances in %s: %s", self.state_file, exc.strerror or exc)
 
     @property
     def retiring(self) -> set[Instance]:
@@ -521,55 +542,58 @@ class Engine(Ownership):
         self.scaled = {t: ids for t, ids in scaled.items() if t in self.config.executors}
         self.scaled_at = {t: when for t, when in scaled_at.items() if t in self.scaled}
         self.held = held
+        problem = self.over_limit({})
+        if problem:  # max_instances was lowered since: the config's own ids hold, within the bound
+            log.warning("runtime scales dropped: with them, %s", problem.replace("; nothing was changed", ""))
+            self.scaled, self.scaled_at = {}, {}
 
     def save_overrides(self) -> None:
-        self.scaled = {t: ids for t, ids in self.scaled.items() if t in self.config.executors}
-        self.scaled_at = {t: when for t, when in self.scaled_at.items() if t in self.scaled}
-        write_json_atomic(self.overrides_file, {
-            "scaled": {t: list(ids) for t, ids in self.scaled.items()},
-            "scaled_at": self.scaled_at,
-            "held": sorted(self.held),
-        })
+        self.commit_overrides(self.scaled, self.held)
+
+    def commit_overrides(self, scaled: dict[str, tuple[int, ...]], held: set[str],
+                         scaled_at: dict[str, float] | None = None) -> None:
+        """Record new runtime overrides, then make them the engine's: a command that cannot be
+        recorded (state_dir full: CommandFailed) changes nothing, rather than failing now and applying later."""
+        scaled = {t: ids for t, ids in scaled.items() if t in self.config.executors}
+        scaled_at = {t: at for t, at in (self.scaled_at if scaled_at is None else scaled_at).items() if t in scaled}
+        write_overrides(self.config.state_dir, scaled, scaled_at, held)
+        self.scaled, self.scaled_at, self.held = scaled, scaled_at, held
 
     def drop_scale(self, type_name: str) -> None:
         """The type follows its configured ids again (a reload that changed them, `scale --reset`)."""
         self.scaled.pop(type_name, None)
         self.scaled_at.pop(type_name, None)
 
-    async def scale(self, type_name: str, count: int | None = None, ids: Iterable[int] | None = None) -> dict[str, Any]:
-        """Scale up adds ids after the highest; scale down drops the highest. Survivors are untouched."""
-        current = self.ids_of(type_name)
-        if ids is not None:
-            new = iter_ids(ids)
-        else:
-            assert count is not None and count >= 0
-            if count <= len(current):
-                new = current[:count]
-            else:
-                start = (max(current) + 1) if current else 0
-                new = current + tuple(range(start, start + count - len(current)))
-        if new == self.config.ids_of(type_name):
-            self.drop_scale(type_name)  # back to what the config says: no override to show
-        elif new != self.scaled.get(type_name):
-            self.scaled[type_name] = new
-            self.scaled_at[type_name] = time.time()
-        self.save_overrides()
-        self.publish(Event(event="scaled", level="info", supervisor=self.supervisor_name,
-                           detail={"type": type_name, "old": len(current), "new": len(new)}))
+    async def scale(self, wanted: dict[str, tuple[int, ...]]) -> list[dict[str, Any]]:
+        """New id sets for one or more types (from scaled_ids(), checked with over_limit()): recorded
+        together or not at all (CommandFailed), then one reconcile. Survivors are untouched."""
+        scaled, scaled_at = dict(self.scaled), dict(self.scaled_at)
+        before = {t: self.ids_of(t) for t in wanted}
+        for type_name, new in wanted.items():
+            if new == self.config.ids_of(type_name):
+                scaled.pop(type_name, None)  # back to what the config says: no override to show
+                scaled_at.pop(type_name, None)
+            elif new != self.scaled.get(type_name):
+                scaled[type_name] = new
+                scaled_at[type_name] = time.time()
+        self.commit_overrides(scaled, self.held, scaled_at)
+        for type_name, new in wanted.items():
+            self.publish(Event(event="scaled", level="info", supervisor=self.supervisor_name,
+                               detail={"type": type_name, "old": len(before[type_name]), "new": len(new)}))
         with self.operation("scale"):
-            done = await self.reconcile()
-        return {"type": type_name, "old": len(current), "new": len(new), "ids": list(new), **done}
+            await self.reconcile()
+        return [{"type": t, "old": len(before[t]), "new": len(new), "ids": list(new),
+                 "started": len(set(new) - set(before[t])), "stopped": len(set(before[t]) - set(new))}
+                for t, new in wanted.items()]
 
     async def stop_instances(self, instances: list[Instance]) -> None:
         """Held stopped until started again, across reloads and daemon restarts."""
-        self.held.update(i.spec.exec_id for i in instances)
-        self.save_overrides()
+        self.commit_overrides(self.scaled, self.held | {i.spec.exec_id for i in instances})
         await self.reconcile()
 
     async def start_instances(self, instances: list[Instance]) -> None:
         """Also revives fatal and exited instances: an explicit start forgives."""
-        self.held.difference_update(i.spec.exec_id for i in instances)
-        self.save_overrides()
+        self.commit_overrides(self.scaled, self.held - {i.spec.exec_id for i in instances})
         for instance in self.not_retiring(instances):
             instance.start()  # also one still stopping: it comes back once stopped
         await self.reconcile()
@@ -578,8 +602,7 @@ class Engine(Ownership):
                                 batch: int = 1) -> list[str]:
         """Restart now (all at once, or `batch` at a time, each batch running again before the next);
         returns those of the first failing batch that did not come up (the rest is left alone)."""
-        self.held.difference_update(i.spec.exec_id for i in instances)
-        self.save_overrides()
+        self.commit_overrides(self.scaled, self.held - {i.spec.exec_id for i in instances})
         instances = self.not_retiring(instances)
         if not rolling:
             for instance in instances:
@@ -659,18 +682,3 @@ class _Pending:
         callback, self._callback = self._callback, None
         if callback is not None:
             callback()
-
-
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Replace path with data as JSON, atomically, readable by the daemon's user only."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
-    with open(fd, "w") as handle:
-        # dumps, not dump: dump takes json's pure-Python encoder and writes piece by piece
-        handle.write(json.dumps(data, separators=(",", ":")))
-    os.replace(tmp, path)
-
-
-def iter_ids(ids: Iterable[int]) -> tuple[int, ...]:
-    return tuple(sorted(set(ids)))
