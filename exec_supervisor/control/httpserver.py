@@ -6,10 +6,16 @@ RSS, a quarter of its footprint. h11 is a pure-Python, I/O-free HTTP/1.1 state
 machine (~0.1 MiB); what is left here is the connection loop h11 asks its users
 to write: read, feed, dispatch, send.
 
-Every request runs on the daemon's loop. A connection that sends nothing for
-IDLE_TIMEOUT is closed; a request head larger than MAX_HEAD or a body larger
-than the server's max_body is refused (431/413); bytes that are not HTTP get a
-400. Handler failures become 500 JSON answers: no request can take the loop down.
+Every request runs on the daemon's loop. A request head must arrive whole within
+HEAD_DEADLINE of the connect (of its first byte, on a kept-alive connection, which may
+sit idle IDLE_TIMEOUT between requests), and a body within BODY_DEADLINE of its head:
+a client sending one byte a second is cut off, not waited for. At MAX_CONNECTIONS, a new
+connection closes the oldest one that is waiting on its client (idle, slow, or not
+reading what it asked to follow) instead of being refused, so slow or idle connections can
+never lock an operator out; only when every connection is busy with a request does a
+new one get 503. A request head larger than MAX_HEAD or a body larger than the server's
+max_body is refused (431/413); bytes that are not HTTP get a 400. Handler failures become
+500 JSON answers: no request can take the loop down.
 
 The accept loop is ours (not asyncio's start_server) so that every accepted
 connection is known the moment it is accepted: drain() stops accepting, answers
@@ -35,14 +41,18 @@ import h11
 log = logging.getLogger("exec_supervisor")
 
 MAX_HEAD = 16 * 1024
-IDLE_TIMEOUT = 30.0
+HEAD_DEADLINE = 5.0  # the whole request head, from the connect (or from its first byte, kept alive)
+BODY_DEADLINE = 10.0  # the whole body (at most max_body), from the end of its head
+IDLE_TIMEOUT = 30.0  # a kept-alive connection between two requests
 READ_CHUNK = 64 * 1024
 MAX_CONNECTIONS = 128
 BACKLOG = 100
+MAX_STREAMS = MAX_CONNECTIONS // 2  # follow streams at once: the other half stays for commands
 CLOSE_GRACE = 2.0
 
-REASONS = {200: "OK", 202: "Accepted", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed",
-           409: "Conflict", 413: "Content Too Large", 422: "Unprocessable Content", 431: "Request Header Fields "
+REASONS = {200: "OK", 202: "Accepted", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found",
+           405: "Method Not Allowed", 408: "Request Timeout", 409: "Conflict", 413: "Content Too Large",
+           422: "Unprocessable Content", 431: "Request Header Fields "
            "Too Large", 500: "Internal Server Error", 503: "Service Unavailable"}
 
 
@@ -77,27 +87,67 @@ def error_response(status: int, message: str, **extra: Any) -> Response:
 
 
 class _Connection:
-    """One client: the h11 state machine plus the stream pair under it."""
+    """One client: the h11 state machine plus the stream pair under it.
+
+    `waiting` is true while the connection waits on its client (for bytes, or for it to read
+    ours): the only time it may be closed to make room for a new one.
+    """
 
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.reader = reader
         self.writer = writer
         self.h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD)
+        self.opened = asyncio.get_running_loop().time()
+        self.waiting = False
+        self.received = 0  # bytes of the current request head so far
+        self.evicted = False
 
-    async def next_event(self, timeout: float) -> Any:
+    async def read(self, timeout: float) -> None:
+        """One read from the client into h11 (b"" tells h11 the peer closed its side)."""
+        if timeout <= 0:
+            raise asyncio.TimeoutError()
+        self.waiting = True
+        try:
+            data = await asyncio.wait_for(self.reader.read(READ_CHUNK), timeout)
+        finally:
+            self.waiting = False
+        self.received += len(data)
+        self.h11.receive_data(data)
+
+    async def next_event(self, deadline: float) -> Any:
+        """The next h11 event, complete by `deadline` (loop time), else asyncio.TimeoutError."""
+        loop = asyncio.get_running_loop()
         while True:
             event = self.h11.next_event()
             if event is not h11.NEED_DATA:
                 return event
-            data = await asyncio.wait_for(self.reader.read(READ_CHUNK), timeout)
-            self.h11.receive_data(data)  # b"" tells h11 the peer closed its side
+            await self.read(deadline - loop.time())
+
+    async def next_request(self, first: bool) -> Any:
+        """The next request head: within HEAD_DEADLINE of the connect, or (kept alive) of its first byte."""
+        loop = asyncio.get_running_loop()
+        self.received = 0
+        deadline = self.opened + HEAD_DEADLINE if first else None
+        while True:
+            event = self.h11.next_event()
+            if event is not h11.NEED_DATA:
+                return event
+            if deadline is None:
+                await self.read(IDLE_TIMEOUT)
+                deadline = loop.time() + HEAD_DEADLINE
+            else:
+                await self.read(deadline - loop.time())
 
     async def send(self, *events: Any) -> None:
         for event in events:
             data = self.h11.send(event)
             if data:
                 self.writer.write(data)
-        await self.writer.drain()
+        self.waiting = True  # a client that does not read what it asked for is a slow one
+        try:
+            await self.writer.drain()
+        finally:
+            self.waiting = False
 
     def pending(self) -> bool:
         """Bytes of a next request are here: kept by h11 or waiting in the kernel's receive buffer."""
@@ -130,8 +180,11 @@ class Request:
         self.headers = {name.decode("latin-1").lower(): value.decode("latin-1") for name, value in event.headers}
         self.match_info: dict[str, str] = {}
         self._connection = connection
+        self._server: HttpServer | None = None
+        self.stream: StreamResponse | None = None  # set by a StreamResponse's prepare()
         self._max_body = max_body
         self._body: bytes | None = None
+        self._body_deadline = asyncio.get_running_loop().time() + BODY_DEADLINE
 
     async def read(self) -> bytes:
         """The whole body (at most max_body bytes, else 413)."""
@@ -142,7 +195,10 @@ class Request:
             chunks: list[bytes] = []
             size = 0
             while True:
-                event = await self._connection.next_event(IDLE_TIMEOUT)
+                try:
+                    event = await self._connection.next_event(self._body_deadline)
+                except asyncio.TimeoutError:
+                    raise HttpError(408, f"the request body did not arrive within {BODY_DEADLINE:g}s") from None
                 if isinstance(event, h11.Data):
                     size += len(event.data)
                     if size > self._max_body:
@@ -172,8 +228,22 @@ class StreamResponse:
         self.headers = headers or []
         self._connection: _Connection | None = None
         self._head_only = False
+        self._server: HttpServer | None = None
+
+    def release(self) -> None:
+        """The stream is over: its slot goes back to the server."""
+        if self._server is not None:
+            self._server.streams -= 1
+            self._server = None
 
     async def prepare(self, request: Request) -> None:
+        server = request._server
+        if server is not None:
+            if server.streams >= MAX_STREAMS:
+                raise HttpError(503, f"too many follow streams (at most {MAX_STREAMS}); close one")
+            server.streams += 1
+            self._server = server
+            request.stream = self
         self._connection = request._connection
         self._head_only = request.method == "HEAD"
         await self._connection.send(h11.Response(
@@ -235,7 +305,10 @@ class HttpServer:
         self._idle: set[asyncio.Task[None]] = set()  # waiting for a request: safe to cancel at once
         self._fresh: set[asyncio.Task[None]] = set()  # accepted, no request answered yet
         self._by_task: dict[asyncio.Task[None], _Connection] = {}
+        self._open: dict[_Connection, None] = {}  # oldest first
         self._closing = False
+        self.streams = 0  # follow streams open now
+        self.evicted = 0  # connections closed to make room, since start
 
     async def start_unix(self, path: str) -> None:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -340,13 +413,17 @@ class HttpServer:
         connection = _Connection(reader, writer)
         self._by_task[task] = connection
         try:
-            if len(self._connections) > MAX_CONNECTIONS:
-                await self._refuse(connection, 503,
-                                   f"too many {self.name} connections (at most {MAX_CONNECTIONS})")
+REASONS = {200: "OK", 202: "Accepted", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found",
+           405: "Method Not Allowed", 408: "Request Timeout", 409: "Conflict", 413: "Content Too Large",
+           422: "Unprocessable Content", 431: "Request Header Fields "
                 return
+            self._open[connection] = None
             await self._serve_requests(connection, task)
-        except (ConnectionError, asyncio.TimeoutError, asyncio.CancelledError):
-            pass  # the client went away or went quiet, or the server is closing
+        except asyncio.TimeoutError:  # the head (or, kept alive, the next one) did not come in time
+            if connection.received and not connection.evicted:
+                await self._refuse(connection, 408, f"the request head did not arrive within {HEAD_DEADLINE:g}s")
+        except (ConnectionError, asyncio.CancelledError):
+            pass  # the client went away, or the server is closing
         except h11.RemoteProtocolError as exc:
             await self._refuse(connection, exc.error_status_hint, f"bad HTTP request: {exc}")
         except h11.LocalProtocolError as exc:  # a handler wrote out of order: a bug on our side
@@ -358,22 +435,41 @@ class HttpServer:
             self._by_task.pop(task, None)
             self._idle.discard(task)
             self._fresh.discard(task)
+            self._open.pop(connection, None)
             writer.close()
+
+    def _evict_one(self) -> bool:
+        """Close the oldest connection waiting on its client, to make room; False if all are busy."""
+        for connection in self._open:
+            if connection.waiting:
+                del self._open[connection]
+                connection.evicted = True
+                self.evicted += 1
+                connection.writer.transport.abort()  # its task sees the connection lost and ends
+                return True
+        return False
 
     async def _serve_requests(self, connection: _Connection, task: asyncio.Task[None]) -> None:
         # Draining (drain()) still answers a connection that was accepted before it began.
+        first = True
         while not self._closing or task in self._fresh or connection.pending():
             self._idle.add(task)
             try:
-                event = await connection.next_event(IDLE_TIMEOUT)
+                event = await connection.next_request(first)
             finally:
                 self._idle.discard(task)
+            first = False
             if isinstance(event, h11.ConnectionClosed) or event is h11.PAUSED:
                 return
             if not isinstance(event, h11.Request):
                 raise h11.RemoteProtocolError(f"expected a request, got {type(event).__name__}")
             request = Request(event, connection, self.max_body)
-            response = await self._dispatch(request)
+            request._server = self
+            try:
+                response = await self._dispatch(request)
+            finally:
+                if request.stream is not None:
+                    request.stream.release()
             if isinstance(response, Response):
                 await self._send(connection, request, response, self._closing)
             self._fresh.discard(task)
@@ -419,7 +515,7 @@ class HttpServer:
     async def _refuse(connection: _Connection, status: int, message: str) -> None:
         """Answer a request we could not parse or will not serve, then close."""
         log.debug("control API: %s", message)
-        if connection.h11.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
+        if connection.h11.our_state not in (h11.IDLE, h11.SEND_RESPONSE) or connection.writer.is_closing():
             return
         body = (json.dumps({"error": message}) + "\n").encode()
         headers = [("Content-Type", "application/json"), ("Content-Length", str(len(body))),

@@ -16,6 +16,7 @@ from .httpserver import HttpError as ApiError, Request
 
 TYPE_RE = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
 EXEC_ID_RE = re.compile(r"ET-[A-Za-z][A-Za-z0-9_]*-[0-9]+")
+MAX_DEPTH = 16  # of a request body: the API's own bodies are two levels deep
 
 
 async def body_of(request: Request) -> dict[str, Any]:
@@ -27,9 +28,25 @@ async def body_of(request: Request) -> dict[str, Any]:
         data = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:
         raise ApiError(400, f"the request body is not valid JSON: {exc}") from None
+    except RecursionError:  # [[[[...: the decoder recurses once per level
+        raise ApiError(400, f"the request body is nested too deeply (at most {MAX_DEPTH} levels)") from None
     if not isinstance(data, dict):
         raise ApiError(400, "the request body must be a JSON object")
+    if _depth_over(data, MAX_DEPTH):  # what handlers (and error messages) walk stays shallow
+        raise ApiError(400, f"the request body is nested too deeply (at most {MAX_DEPTH} levels)")
     return data
+
+
+def _depth_over(data: Any, limit: int) -> bool:
+    """True if data nests more than limit lists/objects deep (walked without recursion)."""
+    stack = [(data, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, (dict, list)):
+            if depth > limit:
+                return True
+            stack.extend((child, depth + 1) for child in (value.values() if isinstance(value, dict) else value))
+    return False
 
 
 def flag(value: Any, name: str, default: bool) -> bool:
@@ -51,7 +68,7 @@ def number(value: Any, name: str, default: float | None, low: float, high: float
         raise ApiError(400, f"{name} must be a number, got {value!r}")
     try:
         result = float(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise ApiError(400, f"{name} must be a number, got {value!r}") from None
     if not low <= result <= high:  # also refuses NaN
         raise ApiError(400, f"{name} must be between {low:g} and {high:g}, got {value!r}")

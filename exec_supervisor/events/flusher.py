@@ -3,8 +3,10 @@
 Owns the fsync tick (``Spool.sync()``: new lines, heads and next seq in
 state.json, consumed segments deleted), the warning events about what the
 spool's size cap dropped and what the service refused for good (each at most
-once per notice interval), and the one rate-limited error line for spool
-writes and fsyncs that fail (one limiter: a full disk fails both).
+once per notice interval), the one ``events_lost`` error event about events that
+could not be written at all (once the spool's file system has room again), and the
+one rate-limited error line for spool writes and fsyncs that fail (one limiter: a
+full disk fails both).
 
 It must not deliver, retry or change the spool's contents beyond ``sync()`` and
 taking its drop report; it publishes its notices through the callable the
@@ -14,6 +16,7 @@ forwarder hands it.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from typing import Any, Callable
@@ -24,6 +27,9 @@ from .spool import Spool
 __all__ = ["Flusher"]
 
 log = logging.getLogger("exec_supervisor")
+
+ROOM_FOR_NOTICE = 64 * 1024  # free bytes in the spool's file system before events_lost is tried
+LOST_NOTICE_RETRY = 2.0  # seconds before a notice that did not reach the spool is tried again
 
 
 class Flusher:
@@ -45,6 +51,15 @@ class Flusher:
         self._last_refusal_notice = float("-inf")
         self._last_more_notice = float("-inf")
         self._write_error_logged = 0.0
+        self._lost_notice_after = float("-inf")
+
+    def _has_room(self) -> bool:
+        """Room for the notice in the spool's file system (a full disk would lose it too)."""
+        try:
+            info = os.statvfs(self.spool.directory)
+        except OSError:
+            return False
+        return info.f_bavail * info.f_frsize >= ROOM_FOR_NOTICE
 
     def start(self) -> None:
         self._stop.clear()
@@ -88,6 +103,15 @@ class Flusher:
 
     def _notices(self) -> None:
         now = time.monotonic()
+        if now >= self._lost_notice_after:
+            lost = self.spool.lost_report()
+            if lost and self._has_room():
+                # The forwarder clears the report once this notice is in the spool; if it is
+                # lost too, its own seq joins the report and the next try says so.
+                self._lost_notice_after = now + LOST_NOTICE_RETRY
+                log.error("event spool: %d event(s) could not be written (%s), seq %d-%d; they are lost",
+                          lost["lost"], lost["reason"], lost["first_seq"], lost["last_seq"])
+                self._emit("events_lost", "error", lost)
         if now - self._last_drop_notice >= self.notice_interval:
             drops = self.spool.take_drops()
             if drops:

@@ -155,13 +155,16 @@ class EventForwarder:
             # the incident's digest names it by its seq range. Always the payload's last key.
             payload[FOLDED_KEY] = event.folded
         try:
-            # The forwarder's own drop notice never makes room by dropping more.
-            seq = self.spool.append(level, encode_payload(payload), over_cap=event.event == "events_dropped")
+            # The forwarder's own notices never make room by dropping more.
+            seq = self.spool.append(level, encode_payload(payload),
+                                    over_cap=event.event in ("events_dropped", "events_lost"))
         except (OSError, ValueError) as exc:
             self._status.lost += 1
             self._flusher.write_failed(exc, self._status.lost)
             return
         event.seq = seq
+        if event.event == "events_lost":
+            self.spool.clear_lost(event.detail)  # announced: later losses get a notice of their own
         self._recent.add(seq, level, payload)
         lines = self.lines.spool
         if lines.pending_bytes and self.spool.pending_bytes + lines.pending_bytes > self.spool.max_bytes:

@@ -207,6 +207,11 @@ def _supervisor_en(e: "Event") -> str:
             f"event spool full (events.spool_max_bytes): dropped {d.get('dropped', 0)} oldest events "
             f"({_by_level(d.get('by_level'), False)}){_seq_range(d)}; that gap in seq is intentional"
         )
+    if kind == "events_lost":
+        return (
+            f"could not write {d.get('lost', 0)} event(s) to the event spool ({d.get('reason', '?')}; state_dir "
+            f"full?): lost ({_by_level(d.get('by_level'), False)}){_seq_range(d)}; that gap in seq is those events"
+        )
     if kind == "events_refused":
         return (
             f"the log API refused {d.get('refused', 0)} event(s) (last: {d.get('status')} {d.get('reason', '')}); "
@@ -290,6 +295,11 @@ def _zh(e: "Event") -> str:
         return (
             f"事件缓存已满 (events.spool_max_bytes): 丢弃了 {d.get('dropped', 0)} 条最旧的事件 "
             f"({_by_level(d.get('by_level'), True)}){_seq_range(d)}; 该 seq 缺口是有意的"
+        )
+    if kind == "events_lost":
+        return (
+            f"无法写入事件缓存 ({d.get('reason', '?')}; state_dir 已满?): 丢失了 {d.get('lost', 0)} 条事件 "
+            f"({_by_level(d.get('by_level'), True)}){_seq_range(d)}; 该 seq 缺口即这些事件"
         )
     if kind == "events_refused":
         return (

@@ -91,6 +91,8 @@ class Spool:
         # Called with each seq the cap drops (under the spool's lock: it must be quick, and not
         # call the spool). The executor lines' books use it.
         self.on_drop: Callable[[int], None] | None = None
+        self._lost_report: dict[str, Any] = {}  # events that could not be written (see append)
+        self.lost_total = 0
         self.closed = False
         # Human-readable notes about what opening the spool had to repair.
         self.problems: list[str] = []
@@ -149,8 +151,9 @@ class Spool:
         """Write one event and return its seq.
 
         body is a UTF-8 JSON object (``{...}``); the spool puts ``"seq":N`` first in it.
-        The line is in the file when this returns (not yet fsynced). Raises OSError
-        (disk full, ...) without consuming a seq. With over_cap, this one line may
+        The line is in the file when this returns (not yet fsynced). On an OSError (disk
+        full, ...) the event is lost but its seq is taken all the same, so the service sees the
+        gap, and lost_report() says which seqs went; the error is raised. With over_cap, this one line may
         exceed the cap instead of dropping others (the notice *about* drops must not
         cause new drops, or a full spool would announce itself forever).
         """
@@ -164,9 +167,14 @@ class Spool:
             line = b'{"seq":%d%s%s\n' % (seq, b"," if rest.strip() != b"}" else b"", rest)
             stream = self._streams[level]
             seg = stream.segments[-1] if stream.segments else None
-            if seg is None or not seg.writable or seg.size >= self.segment_bytes:
-                seg = self._new_segment(stream, seq)
-            write_line(seg, line)
+            try:
+                if seg is None or not seg.writable or seg.size >= self.segment_bytes:
+                    seg = self._new_segment(stream, seq)
+                write_line(seg, line)
+            except OSError as exc:
+                self._next_seq = seq + 1  # a lost event keeps its seq: the gap is the notice that it went
+                self._lost(level, seq, exc)
+                raise
             self._next_seq = seq + 1
             size = len(line)
             seg.seqs.append(seq)
@@ -309,6 +317,41 @@ class Spool:
                             os.unlink(seg.path)
                         except FileNotFoundError:
                             pass
+
+    def _lost(self, level: str, seq: int, exc: OSError) -> None:
+        lost = self._lost_report
+        if not lost:
+            lost.update(lost=0, by_level={}, first_seq=seq, last_seq=seq)
+        lost["lost"] += 1
+        lost["by_level"][level] = lost["by_level"].get(level, 0) + 1
+        lost["last_seq"] = seq
+        lost["reason"] = exc.strerror or str(exc)
+        self.lost_total += 1
+
+    def lost_report(self) -> dict[str, Any] | None:
+        """The events lost (not written) since the last clear_lost(): count, by level, seq range, reason."""
+        with self._lock:
+            if not self._lost_report:
+                return None
+            return {**self._lost_report, "by_level": dict(self._lost_report["by_level"])}
+
+    def clear_lost(self, report: dict[str, Any]) -> None:
+        """The notice of `report` is written: forget what it covered (and keep later losses)."""
+        with self._lock:
+            lost = self._lost_report
+            if not lost:
+                return
+            for level, count in report.get("by_level", {}).items():
+                left = lost["by_level"].get(level, 0) - count
+                if left > 0:
+                    lost["by_level"][level] = left
+                else:
+                    lost["by_level"].pop(level, None)
+            lost["lost"] -= report.get("lost", 0)
+            if lost["lost"] <= 0 or not lost["by_level"]:
+                lost.clear()
+            else:
+                lost["first_seq"] = report.get("last_seq", lost["first_seq"]) + 1
 
     def take_drops(self) -> dict[str, Any] | None:
         """What the cap dropped since the last call (for the one warning event), or None."""

@@ -11,9 +11,10 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Awaitable
 
 from ...config import parse_ids
+from ...supervise.engine import CommandFailed
 from ...supervise.instance import AT_REST, Instance, State
 from ..httpserver import HttpError as ApiError, Request, Response, json_response as _json
 from ..params import TYPE_RE, body_of, count, flag, known_type, number, select
@@ -74,9 +75,17 @@ async def scale(ctl: ControlServer, request: Request) -> Response:
             raise ApiError(400, f"{type_name}: expected a count (like 10) or ids (like \"0-4,10\"), "
                                 f"got {json.dumps(value)[:60]}")
     plan = [_within_share(engine.config, *step) for step in plan]
-    results = []
+    # The whole request is checked before any of it applies: one type's scale never lands alone.
+    new_ids: dict[str, tuple[int, ...]] = {}
     for type_name, wanted, ids in plan:
-        results.append(await engine.scale(type_name, count=wanted, ids=ids))
+        try:
+            new_ids[type_name] = engine.scaled_ids(type_name, wanted, ids)
+        except ValueError as exc:
+            raise ApiError(400, str(exc)) from None
+    problem = engine.over_limit(new_ids)
+    if problem:
+        raise ApiError(400, f"scale refused: {problem}")
+    results = await _recorded(engine.scale(new_ids))
     lagging: list[str] = []
     if wait:
         budget = timeout if timeout is not None else _settle_budget(
@@ -120,6 +129,14 @@ def _ranges(ids: tuple[int, ...]) -> list[tuple[int, int]]:
     return found
 
 
+async def _recorded(change: Awaitable[Any]) -> Any:
+    """Await an engine command; one that could not be recorded changed nothing: 503, said so."""
+    try:
+        return await change
+    except CommandFailed as exc:
+        raise ApiError(503, str(exc)) from None
+
+
 async def _command_args(ctl: ControlServer,
                         request: Request) -> tuple[list[Instance], dict[str, Any], bool, float | None]:
     body = await body_of(request)
@@ -133,14 +150,14 @@ async def _command_args(ctl: ControlServer,
 async def start(ctl: ControlServer, request: Request) -> Response:
     instances, body, wait, timeout = await _command_args(ctl, request)
     instances = ctl.engine.not_retiring(instances)
-    await ctl.engine.start_instances(instances)
+    await _recorded(ctl.engine.start_instances(instances))
     budget = timeout if timeout is not None else _max_policy(instances, "start_seconds", 3.0) + 30
     return await _settled(ctl, body["target"], instances, wait, budget, (State.RUNNING,))
 
 
 async def stop(ctl: ControlServer, request: Request) -> Response:
     instances, body, wait, timeout = await _command_args(ctl, request)
-    await ctl.engine.stop_instances(instances)
+    await _recorded(ctl.engine.stop_instances(instances))
     budget = timeout if timeout is not None else _max_policy(instances, "stop_timeout", 10.0) + 10
     return await _settled(ctl, body["target"], instances, wait, budget, AT_REST)
 
@@ -150,7 +167,7 @@ async def restart(ctl: ControlServer, request: Request) -> Response:
     instances = ctl.engine.not_retiring(instances)
     rolling = flag(body.get("rolling"), "rolling", False)
     if rolling:
-        failed = await ctl.engine.restart_instances(instances, rolling=True)
+        failed = await _recorded(ctl.engine.restart_instances(instances, rolling=True))
         answer: dict[str, Any] = {"ok": not failed, "target": body["target"], "rolling": True,
                                   "instances": [i.spec.exec_id for i in instances]}
         if failed:
@@ -161,7 +178,7 @@ async def restart(ctl: ControlServer, request: Request) -> Response:
             answer["error"] = (f"{failed[0]} did not come back to running; "
                                f"{len(rest)} instance(s) after it were not restarted")
         return _json(answer)
-    await ctl.engine.restart_instances(instances, rolling=False)
+    await _recorded(ctl.engine.restart_instances(instances, rolling=False))
     budget = timeout if timeout is not None else _settle_budget(instances)
     return await _settled(ctl, body["target"], instances, wait, budget, (State.RUNNING,))
 
