@@ -52,6 +52,7 @@ def test_status_gets_through_a_flood_of_slow_and_idle_connections(farm: Farm) ->
     # shutdown answer 503: 0 of 10 status calls got through.
     farm.write({"A": sleeper(count=1)})
     farm.start(wait_instances=1)
+    farm.wait_log("ET-A-0: running")  # status exits 0 (not 4: a desired instance not running yet)
     slow = [connect(farm) for _ in range(140)]
     for sock in slow:
         sock.sendall(b"G")
