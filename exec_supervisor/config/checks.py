@@ -265,10 +265,11 @@ def check_instances(
                           f"an instance's command line and environment take {total} bytes, over the kernel's "
                           f"limit of {arg_max} (ARG_MAX; the supervisor's own environment takes {inherited} of it): "
                           "it could never start (E2BIG)")
-    total = sum(len(e.id_list) for e in farm.executors.values())
+    counts = {name: len(farm.ids_of(name)) for name in farm.executors}  # with hosts:, this host's share
+    total = sum(counts.values())
     if total > farm.max_instances:
-        biggest = sorted(farm.executors.items(), key=lambda item: -len(item[1].id_list))[:3]
-        shown = ", ".join(f"{name}: {len(e.id_list)}" for name, e in biggest) + (
+        biggest = sorted(counts.items(), key=lambda item: -item[1])[:3]
+        shown = ", ".join(f"{name}: {n}" for name, n in biggest) + (
             ", ..." if len(farm.executors) > len(biggest) else "")
         origin = "supervisor.max_instances" if explicit else "supervisor.max_instances, this machine's default"
         collector.add(("executors",), f"{total} instances in all ({shown}), more than {farm.max_instances} "

@@ -7,6 +7,7 @@ commands.py) and never stream (that is streams.py).
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import time
@@ -19,6 +20,8 @@ from ...supervise.instance import Instance, State
 from ..httpserver import HttpError as ApiError, Request, Response, json_response as _json
 from ..params import EXEC_ID_RE, known_instance, select, shorten
 from ..route import Route
+
+STATUS_BATCH = 256  # rows between yields to the loop (each row reads /proc for CPU and RSS)
 
 if TYPE_CHECKING:
     from ..server import ControlServer
@@ -69,7 +72,11 @@ async def status(ctl: ControlServer, request: Request) -> Response:
     engine = ctl.engine
     instances = select(engine, target)
     trees = _trees(ctl) if instances else None
-    rows = [_row(ctl, i, trees) for i in instances]
+    rows = []
+    for count, instance in enumerate(instances, 1):
+        rows.append(_row(ctl, instance, trees))
+        if count % STATUS_BATCH == 0:
+            await asyncio.sleep(0)  # a farm of thousands: health and signals are served meanwhile
     ctl.stats.prune({i.pid for i in engine.instances.values() if i.pid is not None} | {os.getpid()})
     members: dict[str, list[Instance]] = {}
     for instance in engine.instances.values():  # one pass, whatever the number of types
