@@ -413,9 +413,9 @@ class HttpServer:
         connection = _Connection(reader, writer)
         self._by_task[task] = connection
         try:
-REASONS = {200: "OK", 202: "Accepted", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found",
-           405: "Method Not Allowed", 408: "Request Timeout", 409: "Conflict", 413: "Content Too Large",
-           422: "Unprocessable Content", 431: "Request Header Fields "
+            if len(self._open) >= MAX_CONNECTIONS and not self._evict_one():
+                await self._refuse(connection, 503, f"too many {self.name} connections (at most {MAX_CONNECTIONS}), "
+                                                    "all busy with requests")
                 return
             self._open[connection] = None
             await self._serve_requests(connection, task)
