@@ -159,8 +159,11 @@ def test_every_spawn_is_journaled_with_pid_start_ticks_boot_and_cgroup(farm: Far
     write(farm, containment, {"S": {**farm.program("sleep"), "count": 3}})
     farm.start(wait_instances=3)
     pids = farm.instances()
-    # written as each spawn returns: there the moment the process exists
-    records = {r.exec_id: r for r in journal.read(farm.state_dir) if r.pid in pids.values()}
+    # The journal line is written as posix_spawn returns; the child can be seen a moment before.
+    def journaled() -> dict:
+        found = {r.exec_id: r for r in journal.read(farm.state_dir) if r.pid in pids.values()}
+        return found if sorted(found) == sorted(pids) else {}
+    records = wait_until(journaled, 10, what="every spawn in the journal")
     assert sorted(records) == sorted(pids)
     boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
     for exec_id, pid in pids.items():
