@@ -18,6 +18,9 @@ BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
 VENV = BENCH / ".venv"
 TYPE_NAME = "Sleeper"
+# exec-supervisor's default supervisor.max_instances is a quarter of kernel.pid_max (8192 at 32768):
+# farms this big get an explicit bound of N
+MAX_INSTANCES_FROM = 5000
 
 
 @dataclass
@@ -324,6 +327,11 @@ class ExecSupervisor(Adapter):
             "start_seconds": f"{farm.start_seconds:g}",
             "backoff": "initial 0s, max 1s, factor 2, jitter 0 (restart at once)",
             "stop_timeout": "10s",
+            "incidents": "off (the restart workload's 20 kills in a few seconds are, by design, an incident "
+                         "that paces restarts; the features section measures them switched on)",
+            "http.listen": "unset (the features section measures the listener switched on)",
+            "supervisor.max_instances": f"N when N >= {MAX_INSTANCES_FROM} (the default, a quarter of "
+                                        "kernel.pid_max, is below 10,000 on a 32768 pid_max)",
             "events.forward": "true (events workload only)" if farm.forward_events else "false",
             "log_max_bytes": f"{farm.log_max_bytes}" if farm.log_max_bytes else "default",
             "args": "[] (the instance programs take no --service-host/--id)",
@@ -340,15 +348,22 @@ class ExecSupervisor(Adapter):
         }
         if farm.log_max_bytes:
             defaults["log_max_bytes"] = farm.log_max_bytes
+        # incidents off unless a workload says otherwise (features on/off): see settings()
+        defaults["incidents"] = farm.extra.get("incidents", False)
+        supervisor: dict[str, object] = {"name": "bench", "state_dir": str(workdir / "state"),
+                                         "log_dir": str(workdir / "logs")}
+        if farm.count >= MAX_INSTANCES_FROM:
+            supervisor["max_instances"] = farm.count
         conf = {
             "service": {"host": farm.service_url},
-            "supervisor": {"name": "bench", "state_dir": str(workdir / "state"),
-                           "log_dir": str(workdir / "logs")},
+            "supervisor": supervisor,
             "events": {"forward": farm.forward_events},
             "defaults": defaults,
             "executors": {TYPE_NAME: {"command": farm.argv, "args": [], "count": farm.count,
                                       "env": farm.env, **dict(farm.extra.get("executor_keys") or {})}},
         }
+        if farm.extra.get("http_listen"):
+            conf["http"] = {"listen": farm.extra["http_listen"]}
         # JSON is valid YAML and needs no quoting rules of our own
         self._conf(workdir).write_text(json.dumps(conf, indent=2) + "\n")
 
@@ -361,6 +376,12 @@ class ExecSupervisor(Adapter):
 
     def status_command(self, workdir: Path) -> list[str] | None:
         return [str(exec_supervisor_bin()), "status", "-c", str(self._conf(workdir)), "--json"]
+
+    def status_table_command(self, workdir: Path) -> list[str]:
+        return [str(exec_supervisor_bin()), "status", "-c", str(self._conf(workdir))]
+
+    def control_socket(self, workdir: Path) -> Path:
+        return workdir / "state" / "control.sock"
 
 
 # ============================================================================ the limit

@@ -18,13 +18,58 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 MARKER_VAR = "BENCH_RUN"
 
 
-def raise_nofile() -> tuple[int, int]:
+def raise_nofile(need: int = 0) -> tuple[int, int]:
     """Soft RLIMIT_NOFILE up to the hard limit: a favourable setting for every peer
-    (supervisord would otherwise top out at a few hundred instances)."""
+    (supervisord would otherwise top out at a few hundred instances). Where the hard limit is
+    below `need` (a 10,000-instance farm holds a pidfd per instance, and more), root raises the
+    hard limit too, up to fs.nr_open."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if need > hard:
+        ceiling = read_int("/proc/sys/fs/nr_open") or need
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (min(need, ceiling),) * 2)
+        except (ValueError, OSError):  # not root: the hard limit stays
+            pass
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft < hard:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     return resource.getrlimit(resource.RLIMIT_NOFILE)
+
+
+def read_int(path: str) -> int | None:
+    try:
+        with open(path) as f:
+            return int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+KERNEL_LIMITS = ("/proc/sys/kernel/pid_max", "/proc/sys/kernel/threads-max", "/proc/sys/fs/nr_open",
+                 "/proc/sys/fs/file-max")
+
+
+def kernel_limits() -> dict[str, int | None]:
+    """The machine-wide ceilings a 10,000-instance farm meets first (printed in the report)."""
+    out: dict[str, int | None] = {p.removeprefix("/proc/sys/").replace("/", "."): read_int(p)
+                                  for p in KERNEL_LIMITS}
+    soft, _hard = resource.getrlimit(resource.RLIMIT_NPROC)
+    out["RLIMIT_NPROC"] = None if soft == resource.RLIM_INFINITY else soft
+    return out
+
+
+def pss(pids: Sequence[int]) -> int:
+    """Proportional set size in bytes (smaps_rollup): shared pages counted by share, unlike RSS."""
+    total = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/smaps_rollup") as f:
+                for line in f:
+                    if line.startswith("Pss:"):
+                        total += int(line.split()[1]) * 1024
+                        break
+        except (OSError, ValueError, IndexError):
+            pass
+    return total
 
 
 def launch(argv: Sequence[str], env: dict[str, str], log_path: Path, cwd: Path | None = None,

@@ -20,6 +20,11 @@ DESCRIPTIONS = {
     "idle": "with N running: the supervisor's CPU (% of one core), RSS, threads, open fds",
     "restart": "SIGKILL a random instance; time until its replacement has exec'd (p50 and p95 of all kills)",
     "stop": "SIGTERM to the supervisor until it and every instance have exited",
+    "control": "exec-supervisor's control API: the worst and median latency of `GET /v1/health` (a new "
+               "connection each time) from launch until all N have exec'd; with N running, the wall time of "
+               "`exec-supervisor status --json` and `status` (the table) as an operator runs them, and of "
+               "`/metrics` read over the control socket (the first scrape imports prometheus_client; the "
+               "second, 1.1 s later, is the steady state)",
     "churn": "instances that exit after 0.2-1.0 s: restarts per second and the supervisor's CPU",
     "chatty": "instances writing MiB/s each: the supervisor's CPU and how much of the output landed in log files",
     "events": "crash storm (all instances SIGKILLed at once): time until all run again; "
@@ -29,6 +34,9 @@ DESCRIPTIONS = {
     "stop-early": "SIGTERM once half of N are up: time until everything is gone (FAILED = not within 20 s)",
     "scale": "0 -> N -> 0 through the tool's own control command (time until reached, observed); status command time with N running",
     "nofile": "supervisord under a 1024 soft RLIMIT_NOFILE: instances it got up",
+    "health": "exec-supervisor's health checks (at most N=1000): its CPU with N plain sleepers, with N "
+              "instances sending WATCHDOG=1 every second, and with N under max_memory sampling",
+    "features": "exec-supervisor with its cheap features on vs off, in the same run (own section below)",
 }
 
 
@@ -216,6 +224,9 @@ def render(result: dict[str, Any]) -> str:
              + f"; RLIMIT_NOFILE {meta['nofile_used'][0]}/{meta['nofile_used'][1]}; "
              f"load average at start {', '.join(f'{x:.2f}' for x in m['loadavg_at_start'])}, "
              f"at end {', '.join(f'{x:.2f}' for x in meta.get('loadavg_at_end', []))}.\n")
+    from report_scale import limits_line, sections  # it imports this module
+    if limits_line(meta):
+        L.append(limits_line(meta))
     L.append(f"Run {meta['started']}, {meta['duration_s']} s, marker `{meta['marker']}`. "
              f"Observed from outside through the {meta['observer']}"
              + (f" ({meta['lost_event_batches']} dropped event batches!)" if meta["lost_event_batches"] else "")
@@ -236,6 +247,8 @@ def render(result: dict[str, Any]) -> str:
     ix = index(rows)
     keys = []
     for r in rows:
+        if r["workload"] == "features":  # a section of its own
+            continue
         k = (r["workload"], r["metric"], r["n"])
         if k not in keys:
             keys.append(k)
@@ -265,6 +278,8 @@ def render(result: dict[str, Any]) -> str:
         L.append(f"| {t} | {v} | {ok} |")
     L.append("")
 
+    L.extend(sections(rows))
+
     L.append("## Workloads\n")
     for w, d in DESCRIPTIONS.items():
         if w in meta["workloads"]:
@@ -291,6 +306,7 @@ def render(result: dict[str, Any]) -> str:
 
     L.append("## Run health\n")
     L.append(f"- unavailable: {meta['unavailable'] or 'none'}")
+    L.append(f"- skipped: {', '.join(meta.get('skipped') or []) or 'none'}")
     L.append(f"- errors: {meta['errors'] or 'none'}")
     L.append(f"- supervisors that had to be killed after their workload: {meta['forced_cleanup'] or 'none'}")
     L.append(f"- processes left behind that the final sweep killed: {meta['leftover_after_run'] or 'none'}")

@@ -32,6 +32,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import costs  # noqa: E402
 import procs  # noqa: E402
 import report  # noqa: E402
 import workloads as wl  # noqa: E402
@@ -81,6 +82,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--supervisors", help="comma list: exec-supervisor,supervisord,circus,circus-cd0.1,limit")
     ap.add_argument("--n", help="override N for spawn/idle/restart/stop, e.g. 100,1000")
     ap.add_argument("--repeats", type=int, help="override repeats")
+    ap.add_argument("--peers-max-n", type=int,
+                    help="skip supervisord and circus above this N (default 2000: at 10,000 each takes minutes)")
+    ap.add_argument("--features-n", type=int, help="N of the features on/off workload")
     ap.add_argument("--out", default=str(BENCH / "results"))
     ap.add_argument("--seed", type=int, default=6)
     ap.add_argument("--no-chart", action="store_true")
@@ -90,6 +94,10 @@ def main(argv: list[str] | None = None) -> int:
         params.ns = [int(x) for x in args.n.split(",")]
     if args.repeats:
         params.repeats = args.repeats
+    if args.peers_max_n:
+        params.peers_max_n = args.peers_max_n
+    if args.features_n:
+        params.features_n = args.features_n
     which = list(wl.WORKLOADS) if not args.only else args.only.split(",")
     bad = set(which) - set(wl.WORKLOADS)
     if bad:
@@ -108,7 +116,8 @@ def main(argv: list[str] | None = None) -> int:
         leftover.extend(procs.sweep(marker + "-svc"))
     atexit.register(final_sweep)
 
-    nofile = procs.raise_nofile()
+    # a pidfd per instance and more: room for 4 descriptors per instance of the largest N
+    nofile = procs.raise_nofile(need=4 * max(params.ns) + 4096)
     try:
         obs = Observer()
     except ObserverUnavailable as e:
@@ -128,11 +137,12 @@ def main(argv: list[str] | None = None) -> int:
     for name, why in unavailable.items():
         log(f"skipping {name}: {why}")
     active = [a for a in adapters if a.name not in unavailable]
-    obs.matchers.extend([wl.SLEEPER_ARGV, wl.CHURN_ARGV, wl.HEARTBEAT_ARGV,
+    obs.matchers.extend([wl.SLEEPER_ARGV, wl.CHURN_ARGV, wl.HEARTBEAT_ARGV, wl.READY_ARGV,
                          [sys.executable, str(BENCH / "programs" / "chatty.py")]])
 
     rows: list[dict[str, Any]] = []
     errors: list[str] = []
+    skipped: list[str] = []
 
     def guarded(what: str, fn: Any, *a: Any) -> None:
         log(what)
@@ -153,6 +163,11 @@ def main(argv: list[str] | None = None) -> int:
                     # rotate the order so no supervisor always runs first (or right after a heavy one)
                     order = active[rep % len(active):] + active[:rep % len(active)] if active else []
                     for ad in order:
+                        if n > params.peers_max_n and ad.name not in ("exec-supervisor", "limit"):
+                            if rep == 0:
+                                skipped.append(f"{ad.name} at N={n} (above --peers-max-n {params.peers_max_n})")
+                                log(f"skipping {ad.name} at N={n}: above --peers-max-n {params.peers_max_n}")
+                            continue
                         guarded(f"{'/'.join(sorted(session))} N={n} rep {rep + 1}/{params.repeats}: {ad.name}",
                                 wl.session_workloads, ctx, params, ad, n, session, rows)
         if "churn" in which:
@@ -182,7 +197,13 @@ def main(argv: list[str] | None = None) -> int:
             for rep in range(params.repeats):
                 for ad in active:
                     if ad.name == "exec-supervisor":  # readiness, watchdog, max_memory: no peer has them
-                        guarded(f"health N={max(params.ns)} rep {rep + 1}: {ad.name}", wl.health, ctx, params, ad, rows)
+                        guarded(f"health N={min(max(params.ns), costs.HEALTH_MAX_N)} rep {rep + 1}: {ad.name}",
+                                costs.health, ctx, params, ad, rows)
+        if "features" in which:
+            for ad in active:
+                if ad.name == "exec-supervisor":  # its own features switched on vs off, in one run
+                    guarded(f"features on/off N={params.features_n}: {ad.name}", costs.features,
+                            ctx, params, ad, rows)
         if "nofile" in which and params.nofile_n and any(a.name == "supervisord" for a in active):
             guarded(f"nofile probe N={params.nofile_n}: supervisord at soft limit 1024",
                     wl.nofile, ctx, params, rows)
@@ -200,6 +221,8 @@ def main(argv: list[str] | None = None) -> int:
         "marker": marker, "started": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(started)),
         "duration_s": round(time.time() - started, 1), "machine": machine(),
         "nofile_used": list(nofile),
+        "kernel_limits": procs.kernel_limits(),
+        "skipped": skipped,
         "observer": "Linux proc connector (netlink): fork/exec/exit with kernel CLOCK_MONOTONIC timestamps",
         "lost_event_batches": obs.lost_events,
         "loadavg_at_end": list(os.getloadavg()),

@@ -30,6 +30,8 @@ SLEEP = "/bin/sleep"
 SLEEPER_ARGV = [SLEEP, "100000"]
 HEARTBEAT_ARGV = ["/usr/bin/perl", str(BENCH / "programs" / "heartbeat.pl")]
 CHURN_ARGV = ["/bin/sh", str(BENCH / "programs" / "churn.sh")]
+# ready: notify (features on): READY=1, then exec /bin/sleep (the observer counts it from perl's exec)
+READY_ARGV = ["/usr/bin/perl", str(BENCH / "programs" / "ready.pl")]
 
 
 @dataclass
@@ -55,6 +57,10 @@ class Params:
     stop_early_timeout: float = 20.0   # after SIGTERM; past it the run counts as FAILED
     warmup_s: float = 2.0              # churn/chatty: into the steady state before the window
     quiet_s: float = 2.0               # events: no new log entry for this long = drained
+    features_n: int = 100              # features on vs off (exec-supervisor only): N of the idle/restart runs
+    features_repeats: int = 1          #   on/off pairs
+    features_churn: bool = True        #   also churn (churn_n, churn_s) on vs off
+    peers_max_n: int = 2000            # supervisord/circus are skipped above this N (--peers-max-n)
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -62,7 +68,8 @@ MODES: dict[str, Params] = {
     "smoke": Params("smoke", ns=[5], repeats=1, settle_s=0.5, idle_s=1, kills=3,
                     churn_n=10, churn_s=1.5, churn_repeats=1, chatty_n=5, chatty_rates=[1.0],
                     chatty_s=1, events_n=5, events_repeats=1, stop_early_n=10,
-                    stop_early_repeats=1, scale_n=5, nofile_n=0, stop_early_timeout=5, warmup_s=0.5, quiet_s=1.2),
+                    stop_early_repeats=1, scale_n=5, nofile_n=0, stop_early_timeout=5, warmup_s=0.5, quiet_s=1.2,
+                    features_n=5),
     "quick": Params("quick", ns=[100], repeats=3, settle_s=2, idle_s=5, kills=8,
                     churn_n=100, churn_s=5, churn_repeats=1, chatty_n=100, chatty_rates=[1.0],
                     chatty_s=5, events_n=100, events_repeats=1, stop_early_n=100,
@@ -70,12 +77,12 @@ MODES: dict[str, Params] = {
     "full": Params("full", ns=[100, 500, 1000], repeats=3, settle_s=3, idle_s=20, kills=20,
                    churn_n=100, churn_s=20, churn_repeats=2, chatty_n=100, chatty_rates=[0.1, 1.0],
                    chatty_s=10, events_n=500, events_repeats=2, stop_early_n=1000,
-                   stop_early_repeats=2, scale_n=1000, nofile_n=1000),
+                   stop_early_repeats=2, scale_n=1000, nofile_n=1000, features_n=1000, features_repeats=2),
 }
 
-WORKLOADS = ["spawn", "idle", "restart", "stop", "churn", "chatty", "events", "stop-early",
-             "scale", "nofile", "health"]
-SESSION_WORKLOADS = {"spawn", "idle", "restart", "stop"}
+WORKLOADS = ["spawn", "idle", "restart", "stop", "control", "churn", "chatty", "events", "stop-early",
+             "scale", "nofile", "health", "features"]
+SESSION_WORKLOADS = {"spawn", "idle", "restart", "stop", "control"}
 
 
 def _row(rows: list[dict[str, Any]], workload: str, metric: str, n: int, sup: str, unit: str,
@@ -105,9 +112,18 @@ def _cpu(pids: list[int]) -> int:
 def session_workloads(ctx: Ctx, p: Params, ad: Adapter, n: int, which: set[str],
                       rows: list[dict[str, Any]]) -> None:
     farm = Farm(argv=SLEEPER_ARGV, count=n, env=ctx.marker_env())
+    # control: exec-supervisor's API while N spawn and with N running (costs.py)
+    control = "control" in which and isinstance(ad, ExecSupervisor)
+    import costs  # imports this module
     with Session(ctx, ad, farm, label=f"spawn/idle/restart/stop N={n}") as s:
+        poller = costs.HealthPoller(ad.control_socket(s.workdir)) if control else None  # type: ignore[attr-defined]
         t0 = s.start()
+        if poller is not None:
+            poller.bind(s)
+            poller.start()
         ok = s.wait_alive(n, _spawn_timeout(n))
+        if poller is not None:
+            poller.finish(rows, ctx, s, n, t0)
         if not ok:
             _row(rows, "spawn", "spawn_s", n, ad.name, "s", "lower", [],
                  note=f"not all alive after {_spawn_timeout(n):.0f} s: {s.leftovers()}")
@@ -116,40 +132,11 @@ def session_workloads(ctx: Ctx, p: Params, ad: Adapter, n: int, which: set[str],
         if "spawn" in which and t_n is not None:
             _row(rows, "spawn", "spawn_s", n, ad.name, "s", "lower", [(t_n - t0) / 1e9])
         if "idle" in which:
-            time.sleep(p.settle_s)
-            helpers = [h.pid for h in ctx.obs.helpers(s.top)]
-            c0, w0 = _cpu(helpers), now_ns()
-            time.sleep(p.idle_s)
-            c1, w1 = _cpu(helpers), now_ns()
-            fp = procs.footprint(helpers)
-            note = f"{len(helpers)} process(es)" if len(helpers) > 1 else ""
-            _row(rows, "idle", "cpu_pct", n, ad.name, "% core", "lower",
-                 [100 * (c1 - c0) / (w1 - w0)], note=note)
-            _row(rows, "idle", "rss_mib", n, ad.name, "MiB", "lower", [fp.rss / 2**20])
-            _row(rows, "idle", "threads", n, ad.name, "", "lower", [fp.threads])
-            _row(rows, "idle", "fds", n, ad.name, "", "lower", [fp.fds])
+            measure_idle(ctx, p, s, rows, "idle", "", n)
+        if control:
+            costs.control_figures(ctx, p, ad, s, n, rows)
         if "restart" in which:
-            lat: list[float] = []
-            misses = 0
-            for _ in range(p.kills):
-                victims = sorted(ctx.obs.alive_pids(s.top))
-                if not victims:
-                    break
-                victim = random.choice(victims)
-                before = ctx.obs.exec_count(s.top)
-                t_kill = now_ns()
-                os.kill(victim, signal.SIGKILL)
-                if ctx.obs.wait_for(lambda: ctx.obs.exec_count(s.top) > before, 10):
-                    t_new = ctx.obs.exec_times(s.top, t_kill)
-                    lat.append((t_new[0] - t_kill) / 1e6 if t_new else float("nan"))
-                else:
-                    misses += 1
-                s.wait_alive(n, 10)
-                # a random pause so that kills fall at random phases of a peer's main-loop tick
-                time.sleep(random.uniform(0.05, 0.3))
-            note = f"{misses} kill(s) not restarted within 10 s" if misses else ""
-            _row(rows, "restart", "restart_p50_ms", n, ad.name, "ms", "lower", lat, "median", note)
-            _row(rows, "restart", "restart_p95_ms", n, ad.name, "ms", "lower", list(lat), "p95")
+            measure_restarts(ctx, p, s, rows, "restart", "", n)
         if "stop" in which:
             if not which & {"idle", "restart"}:
                 # stop-all is about a running farm; a SIGTERM during start-up is stop-early's job
@@ -161,6 +148,54 @@ def session_workloads(ctx: Ctx, p: Params, ad: Adapter, n: int, which: set[str],
                 # where the time went: the instances' exits vs the supervisor's own exit
                 _row(rows, "stop", "instances_gone_s", n, ad.name, "s", "lower", [s.stop_split[0]])
                 _row(rows, "stop", "supervisor_exit_s", n, ad.name, "s", "lower", [s.stop_split[1]])
+
+
+def measure_idle(ctx: Ctx, p: Params, s: Session, rows: list[dict[str, Any]], workload: str,
+                 prefix: str, n: int) -> None:
+    """After the settle period: the supervisor's CPU over the idle window, then RSS, Pss, threads, fds
+    (prefix: the features workload's "on:"/"off:")."""
+    name = s.adapter.name
+    time.sleep(p.settle_s)
+    helpers = [h.pid for h in ctx.obs.helpers(s.top)]
+    c0, w0 = _cpu(helpers), now_ns()
+    time.sleep(p.idle_s)
+    c1, w1 = _cpu(helpers), now_ns()
+    fp = procs.footprint(helpers)
+    note = f"{len(helpers)} process(es)" if len(helpers) > 1 else ""
+    _row(rows, workload, prefix + "cpu_pct", n, name, "% core", "lower",
+         [100 * (c1 - c0) / (w1 - w0)], note=note)
+    _row(rows, workload, prefix + "rss_mib", n, name, "MiB", "lower", [fp.rss / 2**20])
+    _row(rows, workload, prefix + "pss_mib", n, name, "MiB", "lower", [procs.pss(helpers) / 2**20])
+    if not prefix:
+        _row(rows, workload, "threads", n, name, "", "lower", [fp.threads])
+        _row(rows, workload, "fds", n, name, "", "lower", [fp.fds])
+
+
+def measure_restarts(ctx: Ctx, p: Params, s: Session, rows: list[dict[str, Any]], workload: str,
+                     prefix: str, n: int) -> None:
+    """SIGKILL a random instance, time until a new one has exec'd; p.kills times, random pauses."""
+    lat: list[float] = []
+    misses = 0
+    for _ in range(p.kills):
+        victims = sorted(ctx.obs.alive_pids(s.top))
+        if not victims:
+            break
+        victim = random.choice(victims)
+        before = ctx.obs.exec_count(s.top)
+        t_kill = now_ns()
+        os.kill(victim, signal.SIGKILL)
+        if ctx.obs.wait_for(lambda: ctx.obs.exec_count(s.top) > before, 10):
+            t_new = ctx.obs.exec_times(s.top, t_kill)
+            lat.append((t_new[0] - t_kill) / 1e6 if t_new else float("nan"))
+        else:
+            misses += 1
+        s.wait_alive(n, 10)
+        # a random pause so that kills fall at random phases of a peer's main-loop tick
+        time.sleep(random.uniform(0.05, 0.3))
+    note = f"{misses} kill(s) not restarted within 10 s" if misses else ""
+    name = s.adapter.name
+    _row(rows, workload, prefix + "restart_p50_ms", n, name, "ms", "lower", lat, "median", note)
+    _row(rows, workload, prefix + "restart_p95_ms", n, name, "ms", "lower", list(lat), "p95")
 
 
 # =================================================================== 5: churn
@@ -365,6 +400,11 @@ def scale(ctx: Ctx, p: Params, ad: Adapter, rows: list[dict[str, Any]]) -> None:
     with Session(ctx, ad, farm, label="scale") as s:
         s.start()
         time.sleep(p.warmup_s)  # the control socket has to exist before any command can talk to it
+        sock = getattr(ad, "control_socket", None)
+        if sock is not None:  # a loaded machine can take longer than the warm-up: wait for it
+            deadline = time.monotonic() + 30
+            while not sock(s.workdir).exists() and not s.exited_early() and time.monotonic() < deadline:
+                time.sleep(0.05)
         if s.exited_early():
             _row(rows, "scale", "scale_up_s", n, ad.name, "s", "lower", [],
                  note=f"did not start with 0 instances: {(s.workdir / 'supervisor.out').read_text()[-300:]}")
@@ -417,36 +457,3 @@ def nofile(ctx: Ctx, p: Params, rows: list[dict[str, Any]]) -> None:
         _row(rows, "nofile", "alive_at_1024", n, ad.name, "instances", "higher", [s.alive()],
              note="RLIMIT_NOFILE soft 1024, minfds 1024; counted 2 s after the wait for all gave up")
         s.stop(timeout=30)
-
-
-# =================================================================== 10: health (exec-supervisor only)
-
-HEALTH_VARIANTS = (
-    # (metric, instance argv, executor keys): the baseline is plain idle, measured in the same run
-    ("idle_cpu_pct", SLEEPER_ARGV, {}),
-    ("watchdog_cpu_pct", HEARTBEAT_ARGV, {"ready": "notify", "watchdog": "30s"}),
-    ("max_memory_cpu_pct", SLEEPER_ARGV, {"max_memory": "1GiB"}),
-)
-
-
-def health(ctx: Ctx, p: Params, ad: Adapter, rows: list[dict[str, Any]]) -> None:
-    """N instances idle; N each sending WATCHDOG=1 every second; N under max_memory sampling.
-
-    The daemon's CPU over the idle window in each, so the two health figures stand next to
-    the idle figure of the same run (targets: heartbeats < 5 % of a core, sampling within 0.3 %)."""
-    n = max(p.ns)
-    for metric, argv, keys in HEALTH_VARIANTS:
-        farm = Farm(argv=argv, count=n, env=ctx.marker_env(), extra={"executor_keys": keys})
-        with Session(ctx, ad, farm, label=f"health {metric} N={n}") as s:
-            s.start()
-            if not s.wait_alive(n, _spawn_timeout(n)):
-                _row(rows, "health", metric, n, ad.name, "% core", "lower", [],
-                     note=f"not all alive: {s.leftovers()}")
-                continue
-            smoke = p.mode == "smoke"
-            time.sleep(p.settle_s if smoke else max(p.settle_s, 6.0))  # past start-up and a first memory sample
-            helpers = [h.pid for h in ctx.obs.helpers(s.top)]
-            c0, w0 = _cpu(helpers), now_ns()
-            time.sleep(p.idle_s if smoke else max(p.idle_s, 10.0))  # whole sampling periods (5 s)
-            c1, w1 = _cpu(helpers), now_ns()
-            _row(rows, "health", metric, n, ad.name, "% core", "lower", [100 * (c1 - c0) / (w1 - w0)])
