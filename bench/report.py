@@ -289,7 +289,9 @@ def render(result: dict[str, Any]) -> str:
              f"after {p['settle_s']} s settle, {p['kills']} kills per repeat; churn N={p['churn_n']} "
              f"over {p['churn_s']} s; chatty N={p['chatty_n']} at {p['chatty_rates']} MiB/s each over "
              f"{p['chatty_s']} s; events N={p['events_n']}; stop-early N={p['stop_early_n']}; "
-             f"scale N={p['scale_n']}; nofile probe N={p['nofile_n']}. Instances: `/bin/sleep 100000` "
+             f"scale N={p['scale_n']}; nofile probe N={p['nofile_n']}; features on/off N={p.get('features_n')} "
+             f"({p.get('features_repeats')} pair(s)); supervisord and circus skipped above "
+             f"N={p.get('peers_max_n')}. Instances: `/bin/sleep 100000` "
              "(spawn, idle, restart, stop, events, stop-early, scale), `bench/programs/churn.sh`, "
              "`bench/programs/chatty.py`.\n")
 

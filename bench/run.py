@@ -41,7 +41,7 @@ from observer import Observer, ObserverUnavailable  # noqa: E402
 from session import Ctx  # noqa: E402
 
 
-def machine() -> dict[str, Any]:
+def machine(loadavg_at_start: list[float]) -> dict[str, Any]:
     cpu = "?"
     try:
         for line in open("/proc/cpuinfo"):
@@ -56,7 +56,7 @@ def machine() -> dict[str, Any]:
         "kernel": platform.release(), "os": platform.platform(),
         "python": platform.python_version(), "python_exe": sys.executable,
         "nofile": list(resource.getrlimit(resource.RLIMIT_NOFILE)),
-        "loadavg_at_start": list(os.getloadavg()),
+        "loadavg_at_start": loadavg_at_start,
     }
 
 
@@ -127,6 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     base = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
     tmp = Path(tempfile.mkdtemp(prefix=f"exec-bench-{marker}-", dir=base))
     started = time.time()
+    loadavg_at_start = list(os.getloadavg())
 
     def log(msg: str) -> None:
         print(f"[{time.time() - started:7.1f}s] {msg}", flush=True)
@@ -219,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
     meta = {
         "mode": params.mode, "params": params.__dict__, "workloads": which,
         "marker": marker, "started": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(started)),
-        "duration_s": round(time.time() - started, 1), "machine": machine(),
+        "duration_s": round(time.time() - started, 1), "machine": machine(loadavg_at_start),
         "nofile_used": list(nofile),
         "kernel_limits": procs.kernel_limits(),
         "skipped": skipped,

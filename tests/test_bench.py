@@ -103,6 +103,13 @@ def test_smoke_exec_supervisor_and_limit(tmp_path: Path) -> None:
         assert figures(data, "spawn", "spawn_s", "exec-supervisor"), "exec-supervisor never got 5 up"
         for metric in ("idle_cpu_pct", "watchdog_cpu_pct", "max_memory_cpu_pct"):
             assert figures(data, "health", metric, "exec-supervisor"), metric
+        for workload, metric in (("control", "status_json_s"), ("control", "status_table_s"),
+                                 ("control", "health_worst_ms"), ("control", "metrics_scrape_ms"),
+                                 ("idle", "pss_mib"), ("features", "off:cpu_pct"), ("features", "on:cpu_pct"),
+                                 ("features", "off:restart_p50_ms"), ("features", "on:restart_p50_ms"),
+                                 ("features", "on:churn_cpu_pct")):
+            assert figures(data, workload, metric, "exec-supervisor"), (workload, metric)
+        assert "## Features on vs off" in report
         assert "es/limit" in report
 
 
