@@ -5,6 +5,8 @@
     python bench/run.py --full                       # N = 100, 500, 1000
     python bench/run.py --smoke --out /tmp/x         # seconds; what tests/test_bench.py runs
     python bench/run.py --quick --only spawn,idle --supervisors exec-supervisor,limit
+    python bench/run.py --full --supervisors exec-supervisor,limit --only spawn,idle,restart,stop,control \
+        --n 100,1000,10000 --repeats 2     # N=10,000 and the cost growth table (about 9 minutes)
 
 Writes report.md, results.json and chart.png into --out (default bench/results/).
 Needs root for the kernel's proc connector (process events with kernel timestamps).
