@@ -1,6 +1,7 @@
 """The control API: the operator's full-power interface to a running daemon.
 
-    httpserver.py  a small HTTP/1.1 server on asyncio streams (h11 speaks the protocol)
+    httpserver.py  a small HTTP/1.1 server on asyncio streams: accept loop, connections, drain, routing
+    httpconn.py    one connection under it: h11, deadlines, size caps, Request/Response/StreamResponse
     server.py      ControlServer, the daemon extension: the socket, the router, the event ring
     route.py       the Route record handler modules declare their endpoints with
     params.py      reading request input: JSON body, flags, numbers, counts, targets

@@ -9,7 +9,8 @@
     payload.py    the JSON of one event for the log API, and reading its answers
     auth.py       the forwarder's credentials: token env/file, login, renewal, fix-it advice
     delivery.py   delivery counters and status, the recent list, the dead-letter file
-    forwarder.py  the sender thread: delivery to the WeFastAPI log API, retry, backoff
+    forwarder.py  EventForwarder: the bus side (spool each event), start/stop, reloads, backlog()
+    sender.py     the sender thread: delivery to the WeFastAPI log API, retry, backoff, dead letters
     flusher.py    the flusher thread: spool fsync tick, drop and refusal notices
     httpclient.py the keep-alive HTTP connection the sender uses
 

@@ -17,7 +17,7 @@ from .event import LEVEL_RANK, Event
 from .httpclient import Answer
 
 __all__ = ["MAX_MESSAGE_CHARS", "iso_time", "build_payload", "encode_payload", "payload_time",
-           "mark_delayed", "answer_detail", "retry_after"]
+           "mark_delayed", "answer_detail", "retry_after", "FOLDED_KEY", "FOLDED_MARK"]
 
 # The service accepts any size; the sender caps what one event may carry.
 MAX_MESSAGE_CHARS = 8000
@@ -56,6 +56,12 @@ def build_payload(event: Event, language: str = "en") -> dict[str, Any]:
     if event.detail:
         payload["detail"] = event.detail
     return payload
+
+
+# An event folded into an incident carries this key, always last: spooled, counted, never posted.
+FOLDED_KEY = "folded_into"
+# Inside a JSON string a quote is escaped, so these bytes can only be the top-level key.
+FOLDED_MARK = b',"folded_into":"'
 
 
 def encode_payload(payload: dict[str, Any]) -> bytes:
