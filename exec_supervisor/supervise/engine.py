@@ -2,41 +2,41 @@
 
 Start, stop, scale and reload all change the desired state and call
 `reconcile()`; there is one path that starts, stops or restarts the difference.
-The engine also reaps children (SIGCHLD through a signalfd, then waitpid(-1), so
-orphans adopted as subreaper are reaped too), rotates log files, records every spawn in the
-journal before anything else can happen, and finds (and stops) what a dead daemon left.
+Owns the engine's state (instances, runtime overrides, the farm's environment), the narrow
+Host protocol each instance calls back through (supervise.instance.Host), the desired set and
+the plan, and the adoption records (instances.json). The rest of the engine is in mixins:
+children.py (spawning, reaping, orphans, shutdown: every child's life from the engine's side),
+commands.py (the operator's scale, stop, start, restart, signal), ownership.py (containment,
+what a dead daemon left). Imports config and events, never control or the daemon.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
-import signal
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Iterable
 
-from . import containment, handover, logfiles, osproc
-from .journal import SpawnJournal, SpawnRecord, ticks_of
-from .ownership import Ownership
+from . import containment, handover, osproc
 from ..config import ExecutorType, FarmConfig, InstanceSpec
 from ..events import Event, EventBus
+from .children import Children, _Pending
+from .commands import Commands
 from .incidents import Tracker
 from .instance import Instance, State
-from .overrides import (CommandFailed, limit_problem, next_ids, read_overrides, write_json_atomic,  # noqa: F401
-                        write_overrides)
-from .plan import DONE, decide, plan_changes
+from .journal import SpawnJournal
+from .overrides import CommandFailed, limit_problem, next_ids, write_json_atomic  # noqa: F401  (CommandFailed: imported from here)
+from .ownership import Ownership
 from .pidwatch import PidWatch
+from .plan import DONE, decide, plan_changes
 from .timers import Cancellable, SlackTimers
 
 log = logging.getLogger("exec_supervisor")
 
 SPAWN_BATCH = 64  # spawns between yields to the loop, so signals and requests stay served
-LOG_CHECK_SECONDS = 5.0
 STATE_FLUSH_SECONDS = 0.5  # instances.json: the adoption records (the spawn journal is written at once)
-ORPHAN_SCAN_TTL = 0.02
 # systemd hands these to the daemon only; an executor that saw them could confuse systemd.
 PRIVATE_ENV = ("NOTIFY_SOCKET", "WATCHDOG_PID", "WATCHDOG_USEC", "LISTEN_PID", "LISTEN_FDS",
                "LISTEN_FDNAMES", "JOURNAL_STREAM")
@@ -49,7 +49,8 @@ def secret_env_names(config: FarmConfig) -> tuple[str, ...]:
                  if name)
 
 
-class Engine(Ownership):
+# Children before Ownership: the latter declares _live_records for its type hints only.
+class Engine(Commands, Children, Ownership):
     def __init__(self, config: FarmConfig, bus: EventBus) -> None:
         self.bus = bus
         self.farm_env: dict[str, str] = {}  # set by the daemon's extensions (ET_LOG_SOCKET, ...)
@@ -152,58 +153,6 @@ class Engine(Ownership):
                 env[key] = os.fsencode(os.environ[name])
         return env
 
-    def track(self, instance: Instance, pid: int, carried: bool = False) -> None:
-        """carried: a child handed over by an in-place upgrade (the main thread lists it)."""
-        self._by_pid[pid] = instance
-        if carried:
-            self._carried.add(pid)
-
-    def spawn(self, instance: Instance, env: dict[bytes, bytes]) -> int:
-        """Start the instance's process (in its cgroup when contained) and journal it at once."""
-        spec = instance.spec
-        # None (output: inherit): the child keeps the daemon's stdout and stderr
-        log_fd = logfiles.open_log(instance.log_file, self.log_gid) if instance.log_file is not None else None
-        try:
-            if self.cgroups is not None:
-                pid, instance.cgroup = self.cgroups.spawn(spec.exec_id, spec.argv, env, spec.cwd, log_fd)
-            else:
-                pid = osproc.spawn(spec.argv, env, spec.cwd, log_fd)
-        finally:
-            if log_fd is not None:
-                os.close(log_fd)
-        self._by_pid[pid] = instance
-        self.journal.record(spec.exec_id, pid, instance.started_boottime, instance.cgroup)
-        if self.journal.due(len(self._by_pid)):
-            self.journal.compact(self._live_records())
-        return pid
-
-    def _live_records(self) -> list[SpawnRecord]:
-        boot = self.journal.boot
-        return [SpawnRecord(i.spec.exec_id, pid, ticks_of(i.started_boottime), boot, i.cgroup)
-                for pid, i in self._by_pid.items()]
-
-    def orphans_of(self, exec_id: str) -> set[int]:
-        """Our children that are not main processes but carry exec_id (re-parented leftovers)."""
-        now = time.monotonic()
-        if now - self._orphan_scan_at > ORPHAN_SCAN_TTL:
-            self._orphan_scan_at = now
-            by_exec: dict[str, set[int]] = {}
-            # Helpers (probes, an upgrade check) carry no instance; the main thread lists them only
-            # when the loop runs on it.
-            known = self._by_pid.keys() if not self._helpers else self._by_pid.keys() | self._helpers.keys()
-            for pid in osproc.adopted_children(known, len(self._carried)):
-                owner = self._orphan_exec_ids.get(pid)
-                if owner is None:
-                    # Only a found id is kept: a process caught in the middle of an exec shows an
-                    # empty environment for a moment, and must be asked again next time.
-                    owner = osproc.environ_value(pid, "ET_EXEC_ID")
-                    if owner:
-                        self._orphan_exec_ids[pid] = owner
-                if owner:
-                    by_exec.setdefault(owner, set()).add(pid)
-            self._orphans = by_exec
-        return set(self._orphans.get(exec_id, ()))
-
     def state_changed(self, instance: Instance) -> None:
         self.transitions += 1
         self._state_dirty = True
@@ -211,22 +160,6 @@ class Engine(Ownership):
             self._state_handle = asyncio.get_running_loop().call_later(STATE_FLUSH_SECONDS, self._flush_state)
         for listener in self._state_listeners:
             listener(instance)
-
-    def after_exits(self, callback: Callable[[], None]) -> Cancellable:
-        """Run callback once the child exits being handled now are all handled (soon, if none are)."""
-        pending = _Pending(callback)
-        self._after_exits.append(pending)
-        if not self._handling_exits and len(self._after_exits) == 1:
-            asyncio.get_running_loop().call_soon(self._run_after_exits)
-        return pending
-
-    def _run_after_exits(self) -> None:
-        pending, self._after_exits = self._after_exits, []
-        for item in pending:
-            try:
-                item.run()
-            except Exception:  # as the loop does for a failing callback: log it, run the others
-                log.exception("callback %r failed", item)
 
     def on_state_change(self, listener: Any) -> None:
         self._state_listeners.append(listener)
@@ -354,151 +287,6 @@ class Engine(Ownership):
         if instance.cgroup is not None and self.cgroups is not None:
             self.cgroups.remove(instance.cgroup)
 
-    # ------------------------------------------------------------------ lifecycle
-
-    def attach(self, loop: asyncio.AbstractEventLoop, signal_handler: bool = True) -> None:
-        """Start the periodic chores. Child exits come to on_child_exits: from a SIGCHLD handler
-        set here, or (signal_handler False) from the daemon's SignalFd."""
-        if signal_handler:
-            loop.add_signal_handler(signal.SIGCHLD, self.on_child_exits)
-        self._sigchld_handler = signal_handler
-        self._log_handle = loop.call_later(LOG_CHECK_SECONDS, self._check_logs)
-
-    def detach(self, loop: asyncio.AbstractEventLoop) -> None:
-        if self._sigchld_handler:
-            loop.remove_signal_handler(signal.SIGCHLD)
-            self._sigchld_handler = False
-        self._adopted.close(loop)
-
-    def watch_adopted(self, instance: Instance) -> bool:
-        """An adopted process is not our child: its exit comes through a pidfd (pidwatch).
-        False when it is already gone."""
-        assert instance.pid is not None
-        return self._adopted.watch(instance, instance.pid, instance.start_ticks)
-
-    def watch_helper(self, pid: int) -> "asyncio.Future[int]":
-        """The wait status of a child that is no instance: this engine reaps every child
-        (waitpid(-1)), so anyone else waiting for one of its own would find it gone."""
-        future = self._helpers[pid] = asyncio.get_running_loop().create_future()
-        return future
-
-    @contextlib.contextmanager
-    def operation(self, name: str) -> Iterator[None]:
-        """Mark a long operator command (a scale, a rolling restart) as in progress."""
-        self.operations[name] = self.operations.get(name, 0) + 1
-        try:
-            yield
-        finally:
-            self.operations[name] -= 1
-            if not self.operations[name]:
-                del self.operations[name]
-
-    def _adopted_exited(self, instance: Instance, pid: int) -> None:
-        if instance.pid != pid:
-            return
-        self._handling_exits = True
-        try:
-            instance.on_exit(None)
-        finally:
-            self._handling_exits = False
-            if self._after_exits:
-                self._run_after_exits()
-
-    def on_child_exits(self) -> None:
-        """Reap every exited child and handle the exits (and the restarts due at once) as one batch."""
-        reaped = osproc.reap()
-        if reaped:
-            # A main process's children were re-parented to us as it died: an orphan scan
-            # made before this batch cannot know them.
-            self._orphan_scan_at = -1.0
-        exits = []
-        # Untrack the whole batch first: an exit handler's orphan scan counts on every tracked
-        # pid still being our child.
-        for pid, status in reaped:
-            self._orphan_exec_ids.pop(pid, None)
-            self._carried.discard(pid)
-            instance = self._by_pid.pop(pid, None)
-            if instance is not None:
-                exits.append((instance, status))
-            elif pid in self._helpers:
-                future = self._helpers.pop(pid)
-                if not future.done():
-                    future.set_result(status)
-        self._handling_exits = True
-        try:
-            for instance, status in exits:
-                instance.on_exit(status)
-        finally:
-            self._handling_exits = False
-            if self._after_exits:
-                # In this same loop pass: a restart costs no extra wake-up of the loop.
-                self._run_after_exits()
-            self.timers.run_due(time.monotonic())  # start_seconds checks due by now, in this pass too
-
-    async def shutdown(self) -> None:
-        """Stop every instance in parallel, then sweep anything still descending from us."""
-        self.stopping = True
-        instances = list(self.instances.values())
-        for instance in instances:
-            instance.stop()
-        await asyncio.gather(*(instance.wait_at_rest() for instance in instances))
-        await self.sweep(timeout=2.0)
-        if self._log_handle:
-            self._log_handle.cancel()
-        self._flush_state()
-        self.journal.compact(self._live_records())  # nothing, unless something could not be killed
-        self.journal.close()
-        if self.cgroups is not None:
-            self.cgroups.close()
-
-    async def sweep(self, timeout: float) -> None:
-        """SIGKILL every remaining descendant and reap until none is left (no orphans, no zombies)."""
-        deadline = time.monotonic() + timeout
-        if self.cgroups is not None:
-            for path in self.cgroups.instance_dirs():
-                if containment.populated(path):
-                    self.cgroups.kill(path)
-                    await self.cgroups.watch.wait_empty(path, max(deadline - time.monotonic(), 0.0))
-        while True:
-            self.on_child_exits()
-            left = osproc.descendants([os.getpid()])
-            if not left:
-                return
-            for pid in left:
-                osproc.signal_pid(pid, signal.SIGKILL)
-            if time.monotonic() > deadline:
-                log.error("could not reap %d leftover processes: %s", len(left), sorted(left)[:10])
-                return
-            await asyncio.sleep(0.01)
-
-    def kill_all(self) -> None:
-        """Second Ctrl-C: no grace period."""
-        self.stopping = True
-        for instance in self.instances.values():
-            if instance.pid is not None:
-                osproc.signal_group(instance.pid, signal.SIGKILL)
-        for pid in osproc.descendants([os.getpid()]):
-            osproc.signal_pid(pid, signal.SIGKILL)
-        if self.cgroups is not None:
-            for path in self.cgroups.instance_dirs():
-                self.cgroups.kill(path)
-
-    # ------------------------------------------------------------------ periodic chores
-
-    def _check_logs(self) -> None:
-        # Also a safety net: an exit whose SIGCHLD a foreign thread (one started before attach,
-        # by a library) took and discarded is still reaped, if late.
-        self.on_child_exits()
-        for instance in self.instances.values():
-            if instance.pid is None or instance.log_file is None:
-                continue
-            try:
-                if osproc.file_size(instance.log_file) > instance.policy.log_max_bytes:
-                    logfiles.rotate_copytruncate(instance.log_path, instance.policy.log_backups, self.log_gid)
-            except OSError as exc:
-                log.warning("%s: cannot rotate %s: %s", instance.spec.exec_id, instance.log_path, exc)
-        self._log_handle = asyncio.get_running_loop().call_later(LOG_CHECK_SECONDS, self._check_logs)
-
     # ------------------------------------------------------------------ runtime state
 
     @property
@@ -530,127 +318,6 @@ class Engine(Ownership):
     def retiring(self) -> set[Instance]:
         return self._retiring
 
-    # ------------------------------------------------------------------ operator commands
-
-    @property
-    def overrides_file(self) -> Path:
-        return self.config.state_dir / "overrides.json"
-
-    def load_overrides(self) -> None:
-        """Runtime scale and held-stopped sets survive a daemon restart; stale types are dropped."""
-        scaled, scaled_at, held = read_overrides(self.config.state_dir)
-        self.scaled = {t: ids for t, ids in scaled.items() if t in self.config.executors}
-        self.scaled_at = {t: when for t, when in scaled_at.items() if t in self.scaled}
-        self.held = held
-        problem = self.over_limit({})
-        if problem:  # max_instances was lowered since: the config's own ids hold, within the bound
-            log.warning("runtime scales dropped: with them, %s", problem.replace("; nothing was changed", ""))
-            self.scaled, self.scaled_at = {}, {}
-
-    def save_overrides(self) -> None:
-        self.commit_overrides(self.scaled, self.held)
-
-    def commit_overrides(self, scaled: dict[str, tuple[int, ...]], held: set[str],
-                         scaled_at: dict[str, float] | None = None) -> None:
-        """Record new runtime overrides, then make them the engine's: a command that cannot be
-        recorded (state_dir full: CommandFailed) changes nothing, rather than failing now and applying later."""
-        scaled = {t: ids for t, ids in scaled.items() if t in self.config.executors}
-        scaled_at = {t: at for t, at in (self.scaled_at if scaled_at is None else scaled_at).items() if t in scaled}
-        write_overrides(self.config.state_dir, scaled, scaled_at, held)
-        self.scaled, self.scaled_at, self.held = scaled, scaled_at, held
-
-    def drop_scale(self, type_name: str) -> None:
-        """The type follows its configured ids again (a reload that changed them, `scale --reset`)."""
-        self.scaled.pop(type_name, None)
-        self.scaled_at.pop(type_name, None)
-
-    async def scale(self, wanted: dict[str, tuple[int, ...]]) -> list[dict[str, Any]]:
-        """New id sets for one or more types (from scaled_ids(), checked with over_limit()): recorded
-        together or not at all (CommandFailed), then one reconcile. Survivors are untouched."""
-        scaled, scaled_at = dict(self.scaled), dict(self.scaled_at)
-        before = {t: self.ids_of(t) for t in wanted}
-        for type_name, new in wanted.items():
-            if new == self.config.ids_of(type_name):
-                scaled.pop(type_name, None)  # back to what the config says: no override to show
-                scaled_at.pop(type_name, None)
-            elif new != self.scaled.get(type_name):
-                scaled[type_name] = new
-                scaled_at[type_name] = time.time()
-        self.commit_overrides(scaled, self.held, scaled_at)
-        for type_name, new in wanted.items():
-            self.publish(Event(event="scaled", level="info", supervisor=self.supervisor_name,
-                               detail={"type": type_name, "old": len(before[type_name]), "new": len(new)}))
-        with self.operation("scale"):
-            await self.reconcile()
-        return [{"type": t, "old": len(before[t]), "new": len(new), "ids": list(new),
-                 "started": len(set(new) - set(before[t])), "stopped": len(set(before[t]) - set(new))}
-                for t, new in wanted.items()]
-
-    async def stop_instances(self, instances: list[Instance]) -> None:
-        """Held stopped until started again, across reloads and daemon restarts."""
-        self.commit_overrides(self.scaled, self.held | {i.spec.exec_id for i in instances})
-        await self.reconcile()
-
-    async def start_instances(self, instances: list[Instance]) -> None:
-        """Also revives fatal and exited instances: an explicit start forgives."""
-        self.commit_overrides(self.scaled, self.held - {i.spec.exec_id for i in instances})
-        for instance in self.not_retiring(instances):
-            instance.start()  # also one still stopping: it comes back once stopped
-        await self.reconcile()
-
-    async def restart_instances(self, instances: list[Instance], rolling: bool = False,
-                                batch: int = 1) -> list[str]:
-        """Restart now (all at once, or `batch` at a time, each batch running again before the next);
-        returns those of the first failing batch that did not come up (the rest is left alone)."""
-        self.commit_overrides(self.scaled, self.held - {i.spec.exec_id for i in instances})
-        instances = self.not_retiring(instances)
-        if not rolling:
-            for instance in instances:
-                instance.restart()
-            return []
-        batch = max(1, batch)
-        with self.operation("rolling restart"):
-            for start in range(0, len(instances), batch):
-                group = instances[start:start + batch]
-                for instance in group:
-                    instance.restart()
-                budget = max(i.policy.stop_timeout + i.policy.start_seconds for i in group) + 30
-                ups = await asyncio.gather(*(i.wait_until((State.RUNNING, State.FATAL, State.EXITED), budget)
-                                             for i in group))
-                failed = [i.spec.exec_id for i, up in zip(group, ups) if not up or i.state is not State.RUNNING]
-                if failed:
-                    return failed  # do not take down the rest of the fleet behind a bad batch
-        return []
-
-    def signal_instances(self, instances: list[Instance], sig: int) -> tuple[list[str], list[str]]:
-        """Send sig to the process group of each live instance; returns (signalled, skipped) exec ids."""
-        sent, skipped = [], []
-        for instance in instances:
-            if instance.pid is not None and instance.state in (State.STARTING, State.RUNNING) \
-                    and osproc.signal_group(instance.pid, sig):
-                sent.append(instance.spec.exec_id)
-            else:
-                skipped.append(instance.spec.exec_id)
-        return sent, skipped
-
-    async def wait_settled(self, type_names: Iterable[str], timeout: float) -> list[str]:
-        """Wait until every wanted instance of the types runs and removed ones are gone; returns laggards."""
-        with self.operation("scale --wait"):
-            return await self._wait_settled(set(type_names), timeout)
-
-    async def _wait_settled(self, names: set[str], timeout: float) -> list[str]:
-        deadline = time.monotonic() + timeout
-        while True:
-            lagging = [
-                i.spec.exec_id for i in self.instances.values()
-                if i.spec.type in names and (
-                    (i.want_running and i.state is not State.RUNNING) or (i in self._retiring)
-                )
-            ]
-            if not lagging or time.monotonic() >= deadline:
-                return lagging
-            await asyncio.sleep(0.05)
-
     # ------------------------------------------------------------------ views
 
     def not_retiring(self, instances: Iterable[Instance]) -> list[Instance]:
@@ -666,19 +333,3 @@ class Engine(Ownership):
         desired = sum(1 for i in self.instances.values() if i.want_running)
         return {"running": running, "desired": desired, "instances": len(self.instances)}
 
-
-class _Pending:
-    """A callback queued by after_exits, cancellable like a loop handle."""
-
-    __slots__ = ("_callback",)
-
-    def __init__(self, callback: Callable[[], None]) -> None:
-        self._callback: Callable[[], None] | None = callback
-
-    def cancel(self) -> None:
-        self._callback = None
-
-    def run(self) -> None:
-        callback, self._callback = self._callback, None
-        if callback is not None:
-            callback()
