@@ -7,28 +7,31 @@
 
 Everything runs on the event loop thread; timers are loop handles, so an idle
 instance costs no task and no thread. The engine spawns (into the instance's cgroup when
-contained), reaps children and calls `on_exit`. What is left of a run: with a cgroup,
-whatever is still in it (watched through cgroup.events, ended by cgroup.kill); without, the
-process group and orphans that carry this instance's ET_EXEC_ID.
+contained), reaps children and calls `on_exit`. Owns the commands (start, stop, restart),
+the exit policy (restart, backoff, max_restarts, fatal), the transitions with their history
+and events, and the status row. The states and the Host protocol are in states.py (imported
+from here too); how a stop is carried out and what a run left behind is ended: stopping.py;
+readiness and health: readiness.py. Never imports the engine: it talks to it through Host.
 """
 
 from __future__ import annotations
 
 import asyncio
-import enum
 import logging
 import os
 import signal
 import time
 from collections import deque
 from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import Any
 
-from . import containment, osproc
+from . import osproc
 from ..config import ExecutorType, InstanceSpec
 from ..events import INSTANCE_EVENT_LEVELS, OUTPUT_TAIL_MAX_BYTES, Event
 from .readiness import Readiness
-from .timers import Cancellable, SlackTimers
+from .states import AT_REST, Host, State
+from .stopping import Stopping
+from .timers import Cancellable
 
 CRASH_TAIL_LINES = 20
 # Transitions kept per instance for `describe`: (wall time, state, reason). A farm holds thousands
@@ -38,40 +41,7 @@ HISTORY_MAX = 8
 log = logging.getLogger("exec_supervisor")
 
 
-class State(str, enum.Enum):
-    STOPPED = "stopped"
-    STARTING = "starting"
-    RUNNING = "running"
-    BACKOFF = "backoff"
-    EXITED = "exited"
-    FATAL = "fatal"
-    STOPPING = "stopping"
-
-
-AT_REST = (State.STOPPED, State.EXITED, State.FATAL)
-
-
-class Host(Protocol):
-    """What an instance needs from its engine (kept narrow so instance never imports engine)."""
-
-    supervisor_name: str
-    log_dir: Path | None  # None: instances inherit the supervisor's stdout and stderr
-
-    timers: SlackTimers
-    cgroups: containment.Cgroups | None
-
-    def spawn_env(self, spec: InstanceSpec) -> dict[bytes, bytes]: ...
-    def publish(self, event: Event) -> None: ...
-    def track(self, instance: "Instance", pid: int, carried: bool = False) -> None: ...
-    def spawn(self, instance: "Instance", env: dict[bytes, bytes]) -> int: ...
-    def orphans_of(self, exec_id: str) -> set[int]: ...
-    def state_changed(self, instance: "Instance") -> None: ...
-    def after_exits(self, callback: Callable[[], None]) -> Cancellable: ...
-    def restart_delay(self, instance: "Instance", failures: int) -> float: ...
-    def admit(self, instance: "Instance") -> Cancellable | None: ...
-
-
-class Instance(Readiness):
+class Instance(Readiness, Stopping):
     # A farm holds thousands of these for its whole life: no per-object __dict__.
     __slots__ = ("spec", "policy", "host", "state", "want_running", "pid", "started_at", "started_wall",
                  "started_boottime", "start_ticks", "adopted", "restarts", "failures", "restart_times", "last_exit",
@@ -277,7 +247,7 @@ class Instance(Readiness):
             self._became_running()
             self._emit("running", pid=self.pid)
 
-    # ------------------------------------------------------------------ internals
+    # ------------------------------------------------------------------ internals (stopping: stopping.py)
 
     def _spawn(self, reason: str = "start requested") -> None:
         self._set_state(State.STARTING, reason)
@@ -355,88 +325,6 @@ class Instance(Readiness):
             self._spawn("backoff over (paced restart)")
             return True
         return False
-
-    def _begin_stop(self, sig: int | None = None, reason: str | None = None) -> None:
-        """Signal the group (stop_signal, or sig: SIGABRT for a missed watchdog), SIGKILL after stop_timeout."""
-        sig = sig or self.policy.stop_signal
-        self._cancel_timer()
-        self._set_state(State.STOPPING, reason or ("restart requested" if self.want_running else "stop requested"))
-        self._stop_deadline = time.monotonic() + self.policy.stop_timeout
-        self._emit("stopping", pid=self.pid, detail={"signal": osproc.signal_name(sig)})
-        assert self.pid is not None
-        osproc.signal_group(self.pid, sig)
-        if self.cgroup is not None and self.host.cgroups is not None and sig == self.policy.stop_signal:
-            self.host.cgroups.signal(self.cgroup, sig)  # also those that left the group
-        # The main process may ignore the signal: escalate at the deadline even if it never exits.
-        self._timer = asyncio.get_running_loop().call_later(self.policy.stop_timeout, self._kill_now)
-
-    def _kill_now(self) -> None:
-        self._timer = None
-        if self.state is State.STOPPING and self.pid is not None:
-            self._killed = True
-            if self.cgroup is not None and self.host.cgroups is not None:
-                self.host.cgroups.kill(self.cgroup)
-                return
-            pids = {self.pid} | osproc.descendants([self.pid]) | self.host.orphans_of(self.spec.exec_id)
-            osproc.signal_group(self.pid, signal.SIGKILL)
-            for pid in pids:
-                osproc.signal_pid(pid, signal.SIGKILL)
-
-    def _start_cleanup(self, deadline: float, sig: int) -> None:
-        """Stop what the main process left behind (its cgroup, or its group and orphans with our
-        exec id), then move on."""
-        if self.cgroup is not None and self.host.cgroups is not None:
-            if not containment.populated(self.cgroup):
-                self._after_cleanup(self._killed)  # the common case: nothing left, no task needed
-            else:
-                self._cleanup = asyncio.get_running_loop().create_task(
-                    self._clean_cgroup(self.host.cgroups, self.cgroup, deadline, sig))
-            return
-        if not osproc.group_alive(self._pgid) and not self.host.orphans_of(self.spec.exec_id):
-            self._after_cleanup(self._killed)  # the common case: nothing left, no task needed
-            return
-        self._cleanup = asyncio.get_running_loop().create_task(self._clean_leftovers(deadline, sig))
-
-    async def _clean_leftovers(self, deadline: float, sig: int) -> None:
-        killed = self._killed
-        try:
-            pgid = self._pgid
-            signalled: set[int] = set()
-            group_signalled = False
-            pause = 0.002
-            while True:
-                group = osproc.group_alive(pgid)
-                orphans = self.host.orphans_of(self.spec.exec_id)
-                if not group and not orphans:
-                    break
-                if time.monotonic() >= deadline:
-                    if sig != signal.SIGKILL:
-                        sig, signalled, group_signalled, killed = signal.SIGKILL, set(), False, True
-                        orphans |= osproc.descendants(orphans)
-                if group and not group_signalled:
-                    osproc.signal_group(pgid, sig)
-                    group_signalled = True
-                for pid in orphans - signalled:
-                    osproc.signal_pid(pid, sig)
-                    signalled.add(pid)
-                await asyncio.sleep(pause)
-                pause = min(pause * 2, 0.1)
-        finally:
-            self._cleanup = None
-        self._after_cleanup(killed)
-
-    async def _clean_cgroup(self, cgroups: containment.Cgroups, path: str, deadline: float, sig: int) -> None:
-        killed = self._killed
-        try:
-            if not killed:
-                cgroups.signal(path, sig)
-            if killed or not await cgroups.watch.wait_empty(path, max(deadline - time.monotonic(), 0.0)):
-                killed = True
-                cgroups.kill(path)
-                await cgroups.watch.wait_empty(path, None)
-        finally:
-            self._cleanup = None
-        self._after_cleanup(killed)
 
     def _after_cleanup(self, killed: bool) -> None:
         self._killed = False
