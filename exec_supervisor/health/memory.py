@@ -22,7 +22,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from ..supervise import osproc
+from ..supervise import procfs
 from ..supervise.instance import Instance, State
 
 log = logging.getLogger("exec_supervisor")
@@ -133,7 +133,7 @@ class MemoryWatch:
 def _process_table() -> dict[int, tuple[int, int, int, str]]:
     """pid -> (parent pid, utime + stime ticks, RSS pages, name) of every process, from /proc/<pid>/stat."""
     table: dict[int, tuple[int, int, int, str]] = {}
-    read = osproc.read_proc_head
+    read = procfs.read_proc_head
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue

@@ -15,7 +15,7 @@ import os
 import time
 from typing import Any, Iterable
 
-from ..supervise import osproc
+from ..supervise import procfs
 
 MIN_AGE = 1.0  # seconds a sample is reused for
 _TICKS = os.sysconf("SC_CLK_TCK")
@@ -36,7 +36,7 @@ class Sample:
 def read_stat(pid: int) -> tuple[float, int] | None:
     """(CPU seconds, RSS bytes) of pid, or None when it is gone."""
     try:
-        data = osproc.read_proc(f"/proc/{pid}/stat")
+        data = procfs.read_proc(f"/proc/{pid}/stat")
     except OSError:
         return None
     # The command name (field 2) may hold spaces and ')': the fields after the last ')' are fixed.

@@ -36,7 +36,7 @@ from typing import Any
 
 from ..control.httpserver import HttpError, HttpServer, Request, Response, json_response
 from ..events.httpclient import Channel, TransportError
-from ..supervise import osproc
+from ..supervise import procfs
 
 __all__ = ["Relay", "LOG_PATH", "MAX_BODY"]
 
@@ -152,7 +152,7 @@ class Relay:
             raise HttpError(404, f"{exec_id} is not a running instance of this farm")
         peer = request.peer
         inode = _tcp_inode(peer[1], self.port) if peer else None
-        pids = {instance.pid} | osproc.descendants([instance.pid])
+        pids = {instance.pid} | procfs.descendants([instance.pid])
         if inode is None or not _holds_socket(pids, inode):
             self.refused += 1
             raise HttpError(403, f"this connection does not come from a process of {exec_id}")

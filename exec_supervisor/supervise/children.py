@@ -22,7 +22,7 @@ import signal
 import time
 from typing import TYPE_CHECKING, Callable
 
-from . import containment, logfiles, osproc
+from . import containment, logfiles, osproc, procfs
 from .journal import SpawnRecord, ticks_of
 from .timers import Cancellable, SlackTimers
 
@@ -100,12 +100,12 @@ class Children:
             # Helpers (probes, an upgrade check) carry no instance; the main thread lists them only
             # when the loop runs on it.
             known = self._by_pid.keys() if not self._helpers else self._by_pid.keys() | self._helpers.keys()
-            for pid in osproc.adopted_children(known, len(self._carried)):
+            for pid in procfs.adopted_children(known, len(self._carried)):
                 owner = self._orphan_exec_ids.get(pid)
                 if owner is None:
                     # Only a found id is kept: a process caught in the middle of an exec shows an
                     # empty environment for a moment, and must be asked again next time.
-                    owner = osproc.environ_value(pid, "ET_EXEC_ID")
+                    owner = procfs.environ_value(pid, "ET_EXEC_ID")
                     if owner:
                         self._orphan_exec_ids[pid] = owner
                 if owner:
@@ -225,7 +225,7 @@ class Children:
                     await self.cgroups.watch.wait_empty(path, max(deadline - time.monotonic(), 0.0))
         while True:
             self.on_child_exits()
-            left = osproc.descendants([os.getpid()])
+            left = procfs.descendants([os.getpid()])
             if not left:
                 return
             for pid in left:
@@ -241,7 +241,7 @@ class Children:
         for instance in self.instances.values():
             if instance.pid is not None:
                 osproc.signal_group(instance.pid, signal.SIGKILL)
-        for pid in osproc.descendants([os.getpid()]):
+        for pid in procfs.descendants([os.getpid()]):
             osproc.signal_pid(pid, signal.SIGKILL)
         if self.cgroups is not None:
             for path in self.cgroups.instance_dirs():

@@ -39,7 +39,7 @@ daemon's loop one grace period. A cgroup2 mount with `favordynmods` (Linux 6.0+)
 move cheap; `clone3(CLONE_INTO_CGROUP)` would avoid the move altogether.
 
 This module owns the cgroup files and the inotify watch; it never signals a process group
-or reads an environment (osproc does), and knows nothing of instances.
+or reads an environment (osproc and procfs do), and knows nothing of instances.
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ import struct
 from pathlib import Path
 from typing import Any
 
-from . import osproc
+from . import osproc, procfs
 
 log = logging.getLogger("exec_supervisor")
 
@@ -80,7 +80,7 @@ def farm_id(state_dir: Path) -> str:
 def cgroup2_mount() -> str | None:
     """Where the cgroup v2 hierarchy is mounted (pure v2: /sys/fs/cgroup; hybrid: .../unified)."""
     try:
-        data = osproc.read_proc("/proc/self/mountinfo").decode(errors="replace")
+        data = procfs.read_proc("/proc/self/mountinfo").decode(errors="replace")
     except OSError:
         return None
     found = []
@@ -99,7 +99,7 @@ def cgroup2_mount() -> str | None:
 def cgroup_of(pid: int | str = "self") -> str | None:
     """The cgroup v2 path of a process, relative to the hierarchy's root ('/' for the root)."""
     try:
-        data = osproc.read_proc(f"/proc/{pid}/cgroup")
+        data = procfs.read_proc(f"/proc/{pid}/cgroup")
     except OSError:
         return None
     for line in data.splitlines():
@@ -163,7 +163,7 @@ def _write(path: str, data: bytes) -> None:
 def pids_in(path: str) -> list[int]:
     """The processes in a cgroup (empty when it is gone)."""
     try:
-        return [int(pid) for pid in osproc.read_proc(f"{path}/cgroup.procs").split()]
+        return [int(pid) for pid in procfs.read_proc(f"{path}/cgroup.procs").split()]
     except OSError:
         return []
 
@@ -171,7 +171,7 @@ def pids_in(path: str) -> list[int]:
 def populated(path: str) -> bool:
     """Is any process in this cgroup or below it? (False when it is gone.)"""
     try:
-        return b"populated 1" in osproc.read_proc(f"{path}/cgroup.events")
+        return b"populated 1" in procfs.read_proc(f"{path}/cgroup.events")
     except OSError:
         return False
 
@@ -192,7 +192,7 @@ def usage(path: str) -> dict[str, Any] | None:
     memory.current, None where the memory controller is not enabled for the cgroup.
     """
     try:
-        stat = osproc.read_proc(f"{path}/cpu.stat")
+        stat = procfs.read_proc(f"{path}/cpu.stat")
     except OSError:
         return None
     cpu = 0.0
@@ -201,7 +201,7 @@ def usage(path: str) -> dict[str, Any] | None:
             cpu = int(line.split()[1]) / 1e6
             break
     try:
-        memory: int | None = int(osproc.read_proc(f"{path}/memory.current"))
+        memory: int | None = int(procfs.read_proc(f"{path}/memory.current"))
     except (OSError, ValueError):
         memory = None
     return {"cpu_seconds": cpu, "memory": memory, "pids": len(pids_in(path))}
@@ -311,7 +311,7 @@ class Cgroups:
 def _enable_memory(path: str) -> None:
     # memory.current per instance; best effort (hybrid hosts keep memory on v1, a parent may not offer it).
     try:
-        if b"memory" in osproc.read_proc(f"{path}/cgroup.controllers").split():
+        if b"memory" in procfs.read_proc(f"{path}/cgroup.controllers").split():
             _write(f"{path}/cgroup.subtree_control", b"+memory")
     except OSError:
         pass

@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 from typing import Collection, Iterable, Mapping
 
-from . import containment, journal, osproc
+from . import containment, journal, procfs
 
 log = logging.getLogger("exec_supervisor")
 
@@ -104,7 +104,7 @@ def _process_table() -> dict[int, tuple[int, int, int, int]]:
         if not entry.isdigit():
             continue
         try:
-            stat = osproc.read_proc(f"/proc/{entry}/stat")
+            stat = procfs.read_proc(f"/proc/{entry}/stat")
         except OSError:
             continue
         fields = stat[stat.rfind(b")") + 2:].split()
@@ -116,7 +116,7 @@ def _process_table() -> dict[int, tuple[int, int, int, int]]:
 
 def _marked_exec_id(pid: int, mark: bytes) -> str | None:
     try:
-        items = osproc.read_proc(f"/proc/{pid}/environ").split(b"\0")
+        items = procfs.read_proc(f"/proc/{pid}/environ").split(b"\0")
     except OSError:
         return None
     if mark not in items:

@@ -27,7 +27,7 @@ from collections import deque
 from typing import Any, Protocol
 
 from ..config import ExecutorType, InstanceSpec
-from . import osproc
+from . import procfs
 from .instance import Host, Instance, State
 from .procid import TICKS_PER_SECOND, Identity, boot_id, is_child, start_ticks
 
@@ -305,8 +305,8 @@ def leftovers(engine: Engine) -> list[int]:
             pid, created = int(record["pid"]), record.get("create_time")
         except (KeyError, TypeError, ValueError):
             continue
-        if created is not None and osproc.is_running(pid, created) \
-                and osproc.environ_value(pid, "ET_EXEC_ID") == exec_id:
+        if created is not None and procfs.is_running(pid, created) \
+                and procfs.environ_value(pid, "ET_EXEC_ID") == exec_id:
             found.append(pid)
     return found
 

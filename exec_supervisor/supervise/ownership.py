@@ -13,7 +13,7 @@ import os
 import signal
 from typing import TYPE_CHECKING, Any
 
-from . import containment, discovery, handover, osproc
+from . import containment, discovery, handover, procfs
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -64,7 +64,7 @@ class Ownership:
         Instances this daemon runs are left out. The caller decides: stop them (the default at
         start-up, stop_previous_leftovers) or adopt them.
         """
-        ours = set(self._by_pid) | osproc.descendants([os.getpid()])
+        ours = set(self._by_pid) | procfs.descendants([os.getpid()])
         return discovery.discover(self.config.state_dir, self.farm,
                                   [self.cgroups.farm_dir] if self.cgroups else [], exclude=ours)
 
@@ -76,7 +76,7 @@ class Ownership:
         """
         found = {e: pids for e, pids in self.discover_previous().items() if e not in self.instances}
         for pid in handover.leftovers(self):  # recorded main processes of instances not adopted
-            found.setdefault(osproc.environ_value(pid, "ET_EXEC_ID") or f"pid {pid}", []).append(pid)
+            found.setdefault(procfs.environ_value(pid, "ET_EXEC_ID") or f"pid {pid}", []).append(pid)
         if found:
             signals = {}
             for exec_id in found:
@@ -116,11 +116,11 @@ class Ownership:
         except OSError:
             return None
         # a grandchild that left both: the marks it inherited (this farm's, and an instance that runs)
-        if osproc.environ_value(pid, containment.FARM_ENV) != self.farm:
+        if procfs.environ_value(pid, containment.FARM_ENV) != self.farm:
             return None
-        instance = self.instances.get(osproc.environ_value(pid, "ET_EXEC_ID") or "")
+        instance = self.instances.get(procfs.environ_value(pid, "ET_EXEC_ID") or "")
         # The environment is the sender's to write: only a descendant of this daemon is believed.
-        if instance is None or instance.pid is None or not osproc.descends_from(pid, os.getpid()):
+        if instance is None or instance.pid is None or not procfs.descends_from(pid, os.getpid()):
             return None
         return instance
 

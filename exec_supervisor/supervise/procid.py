@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from . import osproc
+from . import procfs
 
 _boot_id: str | None = None
 
@@ -22,7 +22,7 @@ def boot_id() -> str:
     global _boot_id
     if _boot_id is None:
         try:
-            _boot_id = osproc.read_proc("/proc/sys/kernel/random/boot_id").decode().strip()
+            _boot_id = procfs.read_proc("/proc/sys/kernel/random/boot_id").decode().strip()
         except OSError:
             _boot_id = ""
     return _boot_id
@@ -31,7 +31,7 @@ def boot_id() -> str:
 def _stat_fields(pid: int) -> list[bytes] | None:
     """The fields of /proc/<pid>/stat from the state on (field 3), or None when gone."""
     try:
-        stat = osproc.read_proc(f"/proc/{pid}/stat")
+        stat = procfs.read_proc(f"/proc/{pid}/stat")
     except OSError:
         return None
     # The command name may hold spaces and parens: fields start after the last ')'.
@@ -88,7 +88,7 @@ class Identity:
             return False
         if start_ticks(self.pid) != self.start_ticks:
             return False
-        if osproc.environ_value(self.pid, "ET_EXEC_ID") != exec_id:
+        if procfs.environ_value(self.pid, "ET_EXEC_ID") != exec_id:
             return False
         # Read again: the pid could have died and been reused between the two reads above.
         return start_ticks(self.pid) == self.start_ticks

@@ -15,7 +15,7 @@ import signal
 import time
 from typing import TYPE_CHECKING
 
-from . import containment, osproc
+from . import containment, osproc, procfs
 from .states import State
 
 if TYPE_CHECKING:
@@ -46,7 +46,7 @@ class Stopping:
             if self.cgroup is not None and self.host.cgroups is not None:
                 self.host.cgroups.kill(self.cgroup)
                 return
-            pids = {self.pid} | osproc.descendants([self.pid]) | self.host.orphans_of(self.spec.exec_id)
+            pids = {self.pid} | procfs.descendants([self.pid]) | self.host.orphans_of(self.spec.exec_id)
             osproc.signal_group(self.pid, signal.SIGKILL)
             for pid in pids:
                 osproc.signal_pid(pid, signal.SIGKILL)
@@ -81,7 +81,7 @@ class Stopping:
                 if time.monotonic() >= deadline:
                     if sig != signal.SIGKILL:
                         sig, signalled, group_signalled, killed = signal.SIGKILL, set(), False, True
-                        orphans |= osproc.descendants(orphans)
+                        orphans |= procfs.descendants(orphans)
                 if group and not group_signalled:
                     osproc.signal_group(pgid, sig)
                     group_signalled = True
