@@ -125,7 +125,9 @@ def targets(rows: list[dict[str, Any]], meta: dict[str, Any]) -> list[tuple[str,
                  and (n is None or rn == n)]
         if not cands:
             return math.nan, None
-        r = max(cands, key=lambda r: r["n"])
+        # the targets are for N=1000 (a run up to 10,000 has its own section): that N when measured
+        at_1000 = [r for r in cands if r["n"] == 1000]
+        r = at_1000[0] if at_1000 else max(cands, key=lambda r: r["n"])
         return figure(r), r["n"]
 
     out: list[tuple[str, str, str]] = []
@@ -159,6 +161,9 @@ def targets(rows: list[dict[str, Any]], meta: dict[str, Any]) -> list[tuple[str,
         cpu <= 0.3 and (math.isnan(sv) or cpu <= sv), f" % (supervisord {fmt(sv)} %)")
     rss, n = get("idle", "rss_mib")
     add("idle RSS <= 40 MiB", rss, n, rss <= 40, " MiB")
+    sv_rss, _ = get("idle", "rss_mib", "supervisord", n)
+    add("idle RSS at or below supervisord's (same run)", rss, n,
+        None if math.isnan(sv_rss) else rss <= sv_rss, f" MiB (supervisord {fmt(sv_rss)} MiB)")
     th = {r["n"]: figure(r) for r in rows if r["workload"] == "idle" and r["metric"] == "threads"
           and r["supervisor"] == ES}
     if th:
@@ -175,6 +180,11 @@ def targets(rows: list[dict[str, Any]], meta: dict[str, Any]) -> list[tuple[str,
     lim_rate, _ = get("churn", "restarts_per_s", "limit", n)
     add("churn >= 150 restarts/s with < 10 % CPU", rate, n, rate >= 150 and ccpu < 10,
         f"/s at {fmt(ccpu)} % CPU (limit loop: {fmt(lim_rate)}/s)", target_n=100)
+    lim_cpu, _ = get("churn", "cpu_pct", "limit", n)
+    add("churn: own CPU at most 2x the limit loop's (same run)", ccpu, n,
+        None if math.isnan(lim_cpu) else ccpu <= 2 * lim_cpu,
+        f" % (limit loop {fmt(lim_cpu)} %" + (f", {ccpu / lim_cpu:.2g}x)" if lim_cpu and not math.isnan(lim_cpu) else ")"),
+        target_n=100)
     ch = sorted(((float(r["metric"].split("@")[1].removesuffix("MiB/s")), figure(r), r["n"])
                  for r in rows if r["workload"] == "chatty" and r["metric"].startswith("cpu_pct@")
                  and r["supervisor"] == ES))
