@@ -21,7 +21,8 @@ DESCRIPTIONS = {
     "restart": "SIGKILL a random instance; time until its replacement has exec'd (p50 and p95 of all kills)",
     "stop": "SIGTERM to the supervisor until it and every instance have exited",
     "control": "exec-supervisor's control API: the worst and median latency of `GET /v1/health` (a new "
-               "connection each time) from launch until all N have exec'd; with N running, the wall time of "
+               "connection each time) from launch until all N have exec'd, and the worst but the first "
+               "request's (which may wait for the rest of the daemon's start-up); with N running, the wall time of "
                "`exec-supervisor status --json` and `status` (the table) as an operator runs them, and of "
                "`/metrics` read over the control socket (the first scrape imports prometheus_client; the "
                "second, 1.1 s later, is the steady state)",
