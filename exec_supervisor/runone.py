@@ -34,7 +34,6 @@ import socket
 from pathlib import Path
 from typing import Any
 
-from . import config as config_mod
 from .config import ConfigError, FarmConfig
 from .config.errors import Problem
 from .events import Event
@@ -98,7 +97,7 @@ def restrict(cfg: FarmConfig, type_name: str, instance_id: int, state_dir: Path 
     if type_name not in cfg.executors:
         raise ConfigError([Problem(str(cfg.path), None, f"executors.{type_name}",
                                    "the type run-one runs is gone from the config")])
-    executor = cfg.executors[type_name].model_copy(update={"ids": (instance_id,), "count": None, "hosts": None})
+    executor = cfg.executors[type_name].replace(ids=(instance_id,), count=None, hosts=None)
     exec_id = f"ET-{type_name}-{instance_id}"
     own_state = state_dir if state_dir is not None else cfg.state_dir / exec_id
     return dataclasses.replace(
@@ -108,7 +107,7 @@ def restrict(cfg: FarmConfig, type_name: str, instance_id: int, state_dir: Path 
         state_dir=own_state,
         log_dir=own_state if log_to_stdout else (log_dir if log_dir is not None else cfg.log_dir),
         # The config's control.socket would be shared by every run-one: each gets its state_dir's.
-        control=cfg.control.model_copy(update={"socket": None}),
+        control=cfg.control.replace(socket=None),
         name=f"{cfg.name}/{exec_id}",
         output="inherit" if log_to_stdout else "files",
     )
@@ -163,8 +162,9 @@ def run(config_path: str, exec_id: str | None = None, type_name: str | None = No
 
     Raises ConfigError, UsageError or daemon.DaemonError for the CLI to print."""
     from . import daemon
+    from .daemon.readconfig import read_config
 
-    cfg = config_mod.load(config_path)
+    cfg = read_config(config_path)
     chosen_type, chosen_id = pick_instance(cfg, exec_id, type_name, instance_id, from_hostname)
     own_state = Path(state_dir).resolve() if state_dir else None  # options are relative to the caller's cwd
     own_logs = Path(log_dir).resolve() if log_dir else None
@@ -174,5 +174,5 @@ def run(config_path: str, exec_id: str | None = None, type_name: str | None = No
         return restrict(loaded, chosen_type, chosen_id, own_state, own_logs, to_stdout)
 
     watcher = EndWithInstance(f"ET-{chosen_type}-{chosen_id}")
-    code = daemon.run(config_path, quiet=quiet, extensions=[lambda: watcher], shape=shape)
+    code = daemon.run(config_path, quiet=quiet, extensions=[lambda: watcher], shape=shape, loaded=cfg)
     return code or watcher.code

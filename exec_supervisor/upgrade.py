@@ -200,6 +200,7 @@ def dry_run(config: Any, state_path: str) -> dict[str, Any]:
     """What `start --resume FILE --dry-run` prints: this code can load the config, read the state
     and has every module the daemon needs (the check an upgrade makes before it commits)."""
     from . import daemon, systemd  # noqa: F401  (imported to prove they import)
+    from .daemon import core, reload  # noqa: F401
     from .control import server  # noqa: F401
     from .events import forwarder  # noqa: F401
 

@@ -131,7 +131,7 @@ def check(config: str | None, config_path: str | None, host: str | None) -> None
     """Validate CONFIG and print the planned instances (and any runtime scale a daemon would keep)."""
     import dataclasses
 
-    from ..config.checks import shown_argv
+    from ..config.farm import shown_argv
     from ..daemon import scale_override_note
     from ..supervise.overrides import read_overrides
 

@@ -18,9 +18,9 @@ from typing import Any, Mapping
 
 
 from .constants import MAX_ARG_STRLEN, MAX_FORMAT_WIDTH, MAX_ID, MAX_INSTANCES_CEILING
-from .models import ExecutorType, FarmConfig, env_name_shown, placeholder_values
+from .farm import ExecutorType, FarmConfig, placeholder_values
 from .problems import Collector
-from .values import show_path, show_value
+from .values import env_name_shown, show_path, show_value
 
 
 def absolute(base_dir: Path, text: str) -> str:
@@ -274,15 +274,3 @@ def check_instances(
         origin = "supervisor.max_instances" if explicit else "supervisor.max_instances, this machine's default"
         collector.add(("executors",), f"{total} instances in all ({shown}), more than {farm.max_instances} "
                                       f"({origin}; see the README)")
-
-
-def shown_argv(argv: Any, cwd: str) -> list[str]:
-    """The command line with each relative path that exists in the instance's cwd made absolute (display only)."""
-    shown = []
-    for arg in argv:
-        if "/" in arg and not arg.startswith(("/", "-")) and "://" not in arg:
-            candidate = os.path.normpath(os.path.join(cwd, arg))
-            if os.path.exists(candidate):
-                arg = candidate
-        shown.append(arg)
-    return shown

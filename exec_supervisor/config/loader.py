@@ -6,6 +6,7 @@ runs the filesystem checks, and gathers problems; nothing else ever escapes it.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 from typing import Any, Mapping
@@ -16,9 +17,10 @@ from .checks import (absolute, check_instances, check_placeholders, check_script
                      not_a_dir_problem, resolve_program)
 from .constants import MAX_NAME_LENGTH, NAME_RE, PER_TYPE_KEYS, PLACEHOLDERS
 from .errors import ConfigError, Problem
+from .farm import RECORDS, FarmConfig, probe_values
 from .http import HttpConfig, http_problems
-from .models import (SECTIONS, TOP_KEYS, ControlConfig, EventsConfig, ExecutorSettings, ExecutorType, FarmConfig,
-                     ServiceConfig, Strict, SupervisorConfig, probe_values)
+from .models import (SECTIONS, TOP_KEYS, ControlConfig, EventsConfig, ExecutorSettings, ExecutorType, ServiceConfig,
+                     Strict, SupervisorConfig)
 from .problems import Collector, did_you_mean
 from .values import kind_of, show_value
 from .yamlmarks import read_yaml
@@ -345,15 +347,15 @@ def _load(path: Any, display: str, environ: Mapping[str, str]) -> FarmConfig:
     farm = FarmConfig(
         path=config_path,
         base_dir=base_dir,
-        service=service,
+        service=record_of(service),
         name=supervisor.name,
         state_dir=Path(state_dir),
         log_dir=Path(log_dir),
-        events=sections["events"],
-        control=control,
-        executors=executors,
+        events=record_of(sections["events"]),
+        control=record_of(control),
+        executors={name: record_of(executor) for name, executor in executors.items()},
         programs=programs,
-        http=http,
+        http=record_of(http),
         max_instances=supervisor.max_instances or default_max_instances(),
         on_restart=supervisor.on_restart,
         probe_programs=probe_programs,
@@ -365,3 +367,13 @@ def _load(path: Any, display: str, environ: Mapping[str, str]) -> FarmConfig:
     if collector.problems:
         raise ConfigError(sorted(collector.problems, key=lambda p: (p.line or 0, p.key)))
     return farm
+
+
+def record_of(model: Strict) -> Any:
+    """The plain record (farm.py) of a validated model: the same fields, without pydantic."""
+    record = RECORDS[type(model).__name__]
+    values = {}
+    for field in dataclasses.fields(record):
+        value = getattr(model, field.name)
+        values[field.name] = record_of(value) if isinstance(value, Strict) else value
+    return record(**values)

@@ -1,19 +1,17 @@
-"""The typed config: pydantic models per section, InstanceSpec and FarmConfig.
+"""The config's validation schema: one pydantic model per section and per executor type.
 
 Pure: no file is read here. Validators raise PydanticCustomError with operator-facing
-sentences; problems.py turns them into file:line messages.
+sentences; problems.py turns them into file:line messages. What validation produces is
+held in the plain records of farm.py (same names, same fields): only the validating side
+(the CLI, or the daemon's short-lived child) ever imports this module.
 """
 
 from __future__ import annotations
 
-import os
 import re
 import signal
 import socket
-import sys
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Literal, Mapping
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import (
@@ -26,11 +24,18 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from .constants import AUTH_ENV_NAME_RE, DEFAULT_ARGS, MAX_IDS, MAX_NAME_LENGTH, RESERVED_ENV, SHOWN_KEY_RE
-if TYPE_CHECKING:
-    from .http import HttpConfig
-from .values import (Command, Duration, IdSet, Int, PathText, Signal, Size, no_nul, none_is_empty, parse_ids, show_value,
-                     split_command)
+from .constants import AUTH_ENV_NAME_RE, DEFAULT_ARGS, MAX_IDS, MAX_NAME_LENGTH, RESERVED_ENV
+from .values import (env_name_shown, no_nul, none_is_empty, not_bool, parse_duration, parse_ids, parse_signal,
+                     parse_size, path_text, show_value, split_command)
+
+# What YAML gives, parsed before pydantic checks the type (values.py holds the parsers).
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+Size = Annotated[int, BeforeValidator(parse_size)]
+Signal = Annotated[int, BeforeValidator(parse_signal)]
+IdSet = Annotated[tuple[int, ...], BeforeValidator(parse_ids)]
+Command = Annotated[list[str], BeforeValidator(split_command)]
+Int = Annotated[int, BeforeValidator(not_bool)]
+PathText = Annotated[str, BeforeValidator(path_text)]
 
 
 class Strict(BaseModel):
@@ -239,13 +244,6 @@ class ExecutorSettings(Strict):
         return value
 
 
-def env_name_shown(name: Any) -> str:
-    """An env var name for a message, or a mask: `API_TOKEN=sk-...` pasted as a name is a secret."""
-    if isinstance(name, str) and SHOWN_KEY_RE.fullmatch(name):
-        return name
-    return "<name not shown>"
-
-
 def _hosts_map(value: Any) -> Any:
     """hosts: {gpu-01: 0-9, gpu-02: "10-19"}: which daemon (by supervisor.name) runs which ids."""
     if value is None:
@@ -430,159 +428,3 @@ SECTIONS: dict[str, type[Strict]] = {
     "control": ControlConfig,
 }
 TOP_KEYS = ("service", "supervisor", "defaults", "executors", "events", "control", "http")
-
-# --------------------------------------------------------------------------- result
-
-
-@dataclass(frozen=True, slots=True)
-class InstanceSpec:
-    """What one instance runs. A change in argv/env/cwd means a restart; policy changes apply in place."""
-
-    type: str
-    id: int
-    exec_id: str
-    argv: tuple[str, ...]
-    env: tuple[tuple[str, str], ...]
-    cwd: str
-
-    @property
-    def launch_key(self) -> tuple[Any, ...]:
-        return (self.argv, self.env, self.cwd)
-
-
-@dataclass(frozen=True)
-class FarmConfig:
-    path: Path
-    base_dir: Path
-    service: ServiceConfig
-    name: str
-    state_dir: Path
-    log_dir: Path
-    events: EventsConfig
-    control: ControlConfig
-    # Each type with defaults merged in; its cwd is absolute.
-    executors: Mapping[str, ExecutorType]
-    # The resolved program path per type, after {python} and PATH lookup.
-    programs: Mapping[str, str]
-    # The TCP listener of the page and /metrics (config/http.py); its listen is None when off.
-    http: "HttpConfig"
-    # Farm-wide bound on instances (configured and scaled): supervisor.max_instances or the machine's default.
-    max_instances: int = 100_000
-    on_restart: str = "adopt"  # supervisor.on_restart
-    # "files": each instance writes <log_dir>/<exec id>.log; "inherit": instances write to the
-    # supervisor's own stdout/stderr (run-one --log-to stdout, where a platform collects output).
-    output: Literal["files", "inherit"] = "files"
-    # The same as programs for each type's exec probe, if it has one.
-    probe_programs: Mapping[str, str] = field(default_factory=dict)
-    containment: str = "auto"  # supervisor.containment: auto | cgroup | process
-    log_group: str | None = None  # supervisor.log_group
-
-    @property
-    def socket_path(self) -> Path:
-        # load() makes control.socket absolute (against the config file's folder).
-        return Path(self.control.socket) if self.control.socket else self.state_dir / "control.sock"
-
-    def ids_of(self, type_name: str) -> tuple[int, ...]:
-        """The ids this daemon runs: all of the type's, or with hosts: the share of supervisor.name."""
-        executor = self.executors[type_name]
-        if executor.hosts is None:
-            return executor.id_list
-        return executor.hosts.get(self.name, ())
-
-    def host_names(self) -> list[str]:
-        """Every host name that has a share of some type."""
-        return sorted({host for executor in self.executors.values() for host in (executor.hosts or {})})
-
-    def share_problem(self) -> str | None:
-        """Why this daemon would run nothing: its name matches no share (a typo must not run nothing quietly)."""
-        names = self.host_names()
-        if not names or self.name in names or any(self.ids_of(t) for t in self.executors):
-            return None
-        return (f"{self.path.name}: supervisor.name {self.name!r} matches no share in hosts: (known: "
-                f"{', '.join(names)}), so this daemon would run no instance; set supervisor.name (default: "
-                "the host name) to one of them")
-
-    def hosts_warnings(self) -> list[str]:
-        """Ids of a type with hosts: that no host runs."""
-        found = []
-        for type_name, executor in self.executors.items():
-            if executor.hosts is None:
-                continue
-            shared = {i for ids in executor.hosts.values() for i in ids}
-            left = [i for i in executor.id_list if i not in shared]
-            if left:
-                shown = ", ".join(str(i) for i in left[:10]) + (" ..." if len(left) > 10 else "")
-                found.append(f"{self.path}: executors.{type_name}.hosts: ids {shown} are in no host's share: "
-                             "no daemon runs them")
-        return found
-
-    def instance_spec(self, type_name: str, instance_id: int, relay: str | None = None) -> InstanceSpec:
-        """The spec of one instance (which need not be in the configured id set: scale adds ids).
-
-        relay: the daemon's relay URL when service.relay is on; the instance's service host is then
-        <relay><exec id>/ (the relay tells instances apart by that path)."""
-        executor = self.executors[type_name]
-        exec_id = f"ET-{type_name}-{instance_id}"
-        service_host = f"{relay}{exec_id}/" if relay and self.service.relay else self.service.host
-        values = placeholder_values(type_name, instance_id, service_host)
-        # Interned: most arguments (the service host, say) are the same text for every instance.
-        argv = (self.programs[type_name],) + tuple(
-            sys.intern(arg.format_map(values)) for arg in executor.command[1:]
-        ) + tuple(sys.intern(arg.format_map(values)) for arg in executor.args)
-        env = dict(executor.env)
-        env.update(
-            ET_EXEC_ID=exec_id,
-            ET_NAME=type_name,
-            ET_ID=str(instance_id),
-            ET_SERVICE_HOST=service_host,
-        )
-        if executor.watchdog:
-            # As systemd sets it; a changed watchdog restarts the instance, which must learn the new pace.
-            # No WATCHDOG_PID: see the README (Health: the protocol).
-            env["WATCHDOG_USEC"] = str(max(1, round(executor.watchdog * 1_000_000)))
-        cwd = sys.intern(os.path.normpath(os.path.join(self.base_dir, executor.cwd)))
-        return InstanceSpec(type_name, instance_id, exec_id, argv, tuple(sorted(env.items())), cwd)
-
-    def secret_env_warnings(self) -> list[str]:
-        """One line per type whose env: hands it a service.auth variable (the supervisor's credential)."""
-        auth = self.service.auth
-        keys = {auth.token_env: "token_env", auth.username_env: "username_env", auth.password_env: "password_env"}
-        found = []
-        for type_name, executor in self.executors.items():
-            for name in executor.env:
-                if name in keys and name:
-                    how = "passes the supervisor's value" if executor.env[name] == "" else "sets it"
-                    found.append(
-                        f"{self.path}: executors.{type_name}.env.{name}: {how} to every instance of {type_name}, "
-                        f"but it is service.auth.{keys[name]}, the supervisor's credential; executors' log lines "
-                        "reach the service through the supervisor without it"
-                    )
-        return found
-
-    def planned(self) -> list[InstanceSpec]:
-        return [
-            self.instance_spec(name, instance_id)
-            for name in self.executors
-            for instance_id in self.ids_of(name)
-        ]
-
-
-def probe_values(executor: ExecutorType, type_name: str, instance_id: int, service_host: str) -> dict[str, str]:
-    """What a probe's command or URL may use: the placeholders, and the type's env by name (PORT or port)."""
-    values = {name.lower(): value for name, value in executor.env.items()}
-    values.update(executor.env)
-    values.update(placeholder_values(type_name, instance_id, service_host))
-    return values
-
-
-def placeholder_values(type_name: str, instance_id: int, service_host: str) -> dict[str, str]:
-    return {
-        "id": str(instance_id),
-        "name": type_name,
-        "exec_id": f"ET-{type_name}-{instance_id}",
-        "service_host": service_host,
-        "python": sys.executable,
-    }
-
-
-# --------------------------------------------------------------------------- reading YAML with lines

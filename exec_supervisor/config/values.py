@@ -10,11 +10,9 @@ import re
 import reprlib
 import shlex
 import signal
-from typing import Annotated, Any
+from typing import Any
 
-from pydantic import BeforeValidator
-
-from .constants import MAX_DURATION, MAX_ID, MAX_ID_DIGITS, MAX_IDS
+from .constants import MAX_DURATION, MAX_ID, MAX_ID_DIGITS, MAX_IDS, SHOWN_KEY_RE
 
 
 _REPR = reprlib.Repr()
@@ -39,6 +37,13 @@ def show_path(path: str) -> str:
     """A path for a message: its end matters most, so a long one loses its start."""
     text = repr(path)
     return text if len(text) <= 160 else "'..." + text[-157:]
+
+
+def env_name_shown(name: Any) -> str:
+    """An env var name for a message, or a mask: `API_TOKEN=sk-...` pasted as a name is a secret."""
+    if isinstance(name, str) and SHOWN_KEY_RE.fullmatch(name):
+        return name
+    return "<name not shown>"
 
 
 def kind_of(value: Any) -> str:
@@ -229,7 +234,7 @@ def no_nul(values: list[str]) -> list[str]:
     return values
 
 
-def _not_bool(value: Any) -> Any:
+def not_bool(value: Any) -> Any:
     # pydantic takes true as 1; in a config that is always a slip.
     if isinstance(value, bool):
         raise ValueError(f"expected a whole number, got {value}")
@@ -241,18 +246,7 @@ def none_is_empty(value: Any) -> Any:
     return {} if value is None else value
 
 
-def _path_text(value: Any) -> Any:
+def path_text(value: Any) -> Any:
     if isinstance(value, str) and ("\x00" in value or not value.strip()):
         raise ValueError("expected a path" if not value.strip() else "the path contains a NUL character")
     return value
-
-
-Duration = Annotated[float, BeforeValidator(parse_duration)]
-Size = Annotated[int, BeforeValidator(parse_size)]
-Signal = Annotated[int, BeforeValidator(parse_signal)]
-IdSet = Annotated[tuple[int, ...], BeforeValidator(parse_ids)]
-Command = Annotated[list[str], BeforeValidator(split_command)]
-Int = Annotated[int, BeforeValidator(_not_bool)]
-PathText = Annotated[str, BeforeValidator(_path_text)]
-
-# --------------------------------------------------------------------------- models

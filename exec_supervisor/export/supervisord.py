@@ -24,7 +24,7 @@ import io
 import os
 
 from ..config import FarmConfig
-from ..config.models import placeholder_values
+from ..config.farm import placeholder_values
 from ..supervise.osproc import signal_name
 from .common import ExportError, executable, id_ranges
 

@@ -30,7 +30,7 @@ import time
 from typing import Any
 from urllib.parse import urlsplit
 
-from ..config.models import probe_values
+from ..config.farm import probe_values
 from ..supervise import osproc
 from ..supervise.instance import Instance, State
 

@@ -29,7 +29,7 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
-from ..config.http import is_loopback, parse_listen, url_of
+from ..config.listen import is_loopback, parse_listen, url_of
 from ..control.httpserver import HttpError, HttpServer, Request, Response, Router, StreamResponse, json_response
 from ..control.route import API
 

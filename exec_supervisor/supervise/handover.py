@@ -166,7 +166,7 @@ def _spec_and_policy(engine: Engine, record: dict[str, Any],
     else:  # its type left the config: it will only be stopped, with the stop settings it had
         spec = InstanceSpec(type_name, instance_id, exec_id, tuple(record.get("argv") or ("?",)), (),
                             str(record.get("cwd") or "/"))
-        policy = ExecutorType.model_construct(
+        policy = ExecutorType(
             command=list(spec.argv), restart="never",
             stop_signal=int(record.get("stop_signal") or signal.SIGTERM),
             stop_timeout=float(record.get("stop_timeout") or 10.0))

@@ -14,7 +14,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from ... import __version__
-from ...config.checks import shown_argv
+from ...config.farm import shown_argv
 from ...supervise import osproc
 from ...supervise.instance import Instance, State
 from ..httpserver import HttpError as ApiError, Request, Response, json_response as _json

@@ -1,144 +1,49 @@
-"""The daemon: wires config, engine, event sinks and signals onto one asyncio loop."""
+"""The daemon: wires config, engine, event sinks and signals onto one asyncio loop.
+
+Owns the process's life: run() reads the config (in a child: readconfig.py), takes the state
+lock (statedir.py), sets up signals and the loop thread, and Daemon runs extensions, takes
+over what is already running (an upgrade's state or a dead daemon's executors), reconciles,
+and shuts down. Reload is a mixin (reload.py); the upgrade's mechanics are upgrade.py's.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import errno
-import fcntl
-import grp
 import logging
 import os
 import signal
-import stat
 import threading
 import time
 from pathlib import Path
 from typing import Any, Callable
 
-from . import __version__, config as config_mod
-from .events import Event, EventBus, locallog
-from .supervise import handover, osproc
-from .supervise.containment import CgroupUnavailable
-from .supervise.engine import CommandFailed, Engine
+from .. import __version__
+from ..config import ConfigError, FarmConfig
+from ..events import Event, EventBus, locallog
+from ..supervise import handover, osproc
+from ..supervise.containment import CgroupUnavailable
+from ..supervise.engine import Engine
+from .readconfig import read_config
+from .reload import Reloading
+from .statedir import DaemonError, StateLock, prepare_dirs
 
 log = logging.getLogger("exec_supervisor")
 
 MEMORY_RELEASE_SECONDS = 10.0
 # Read from a SignalFd by the event loop (see run); blocked in every thread of the daemon.
 HANDLED_SIGNALS = (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR2)
-Shape = Callable[[config_mod.FarmConfig], config_mod.FarmConfig]
+Shape = Callable[[FarmConfig], FarmConfig]
 
 
 def _upgrade() -> Any:
     """upgrade.py, imported when an upgrade starts or resumes: the daemon's memory is a benchmarked target."""
-    from . import upgrade
+    from .. import upgrade
 
     return upgrade
 
 
-class DaemonError(Exception):
-    """A problem the operator can fix; printed as one line."""
-
-    def __init__(self, message: str, exit_code: int = 1) -> None:
-        super().__init__(message)
-        self.exit_code = exit_code
-
-
-class StateLock:
-    """One daemon per state_dir: an flock held for the daemon's life (released by the kernel if it dies)."""
-
-    def __init__(self, state_dir: Path) -> None:
-        self.path = state_dir / "daemon.lock"
-        self._fd: int | None = None
-
-    def acquire(self) -> None:
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            if exc.errno not in (errno.EWOULDBLOCK, errno.EACCES):
-                raise
-            holder = os.read(fd, 32).decode(errors="replace").strip() or "?"
-            os.close(fd)
-            raise DaemonError(
-                f"another exec-supervisor (pid {holder}) is already running with state_dir {self.path.parent}"
-            ) from None
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
-        self._fd = fd
-
-    def adopt(self, fd: int) -> bool:
-        """Keep holding the lock through a descriptor inherited across an in-place upgrade."""
-        try:
-            same = os.path.samestat(os.fstat(fd), os.stat(self.path))
-        except OSError:
-            return False
-        if not same:
-            return False
-        os.set_inheritable(fd, False)
-        self._fd = fd
-        return True
-
-    @property
-    def fd(self) -> int | None:
-        return self._fd
-
-    def release(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
-
-
-def _prepare_dirs(cfg: config_mod.FarmConfig) -> int | None:
-    """Make state_dir private and log_dir usable; returns supervisor.log_group's gid (or None)."""
-    for key, path, mode in (("supervisor.state_dir", cfg.state_dir, 0o700), ("supervisor.log_dir", cfg.log_dir, 0o750)):
-        try:
-            path.mkdir(mode=mode, parents=True, exist_ok=True)
-            probe = path / f".write-test-{os.getpid()}"  # run-one processes share a log_dir
-            probe.touch()
-            probe.unlink()
-        except OSError as exc:
-            raise DaemonError(f"{cfg.path.name}: {key}: cannot use {path}: {exc.strerror}", 2) from None
-    _make_private(cfg)
-    if cfg.log_group is None:
-        return None
-    try:
-        return grp.getgrnam(cfg.log_group).gr_gid
-    except KeyError:
-        if cfg.log_group.isdigit():
-            return int(cfg.log_group)
-        raise DaemonError(f"{cfg.path.name}: supervisor.log_group: there is no group named {cfg.log_group!r} "
-                          "on this machine", 2) from None
-
-
-def _make_private(cfg: config_mod.FarmConfig) -> None:
-    """state_dir 0700 and every file in it 0600 (crash output, pids, tokens' traces live there).
-
-    When the control socket is inside it and control.group may use it, the group gets search
-    permission only (0710): it reaches the socket, and lists or reads nothing.
-    """
-    mode, gid = 0o700, -1
-    if cfg.control.group and cfg.socket_path.parent == cfg.state_dir:
-        try:
-            gid = grp.getgrnam(cfg.control.group).gr_gid
-        except KeyError:
-            gid = int(cfg.control.group) if cfg.control.group.isdigit() else -1
-        mode = 0o710 if gid != -1 else 0o700
-    try:
-        os.chown(cfg.state_dir, -1, gid)
-        os.chmod(cfg.state_dir, mode)
-        for root, dirs, files in os.walk(cfg.state_dir):  # written by an older version, or by hand
-            for name in dirs + files:
-                path = os.path.join(root, name)
-                info = os.lstat(path)  # a symlink is left alone (chmod would change its target)
-                if (stat.S_ISREG(info.st_mode) or stat.S_ISDIR(info.st_mode)) and info.st_mode & 0o077:
-                    os.chmod(path, stat.S_IMODE(info.st_mode) & 0o700)
-    except OSError as exc:
-        log.warning("cannot make %s private: %s", cfg.state_dir, exc.strerror or exc)
-
-
-class Daemon:
-    def __init__(self, cfg: config_mod.FarmConfig, signals: osproc.SignalFd | None = None,
+class Daemon(Reloading):
+    def __init__(self, cfg: FarmConfig, signals: osproc.SignalFd | None = None,
                  resume: dict[str, Any] | None = None, inherited: dict[str, int] | None = None,
                  shape: Shape | None = None) -> None:
         """signals: HANDLED_SIGNALS as a SignalFd; without one, asyncio's signal handlers (main thread only).
@@ -259,24 +164,6 @@ class Daemon:
             except Exception:  # a bug handling one signal must not cost the others (a SIGTERM)
                 log.exception("handling signal %d failed", number)
 
-    # ------------------------------------------------------------------ reload
-
-    async def reload(self, dry_run: bool = False, rolling: bool = False, batch: int = 1) -> dict[str, Any]:
-        """Re-read the config file; an invalid one changes nothing. SIGHUP and the control API both land here.
-
-        dry_run: say what would start, stop and restart (the engine's own plan), changing nothing.
-        rolling: restart changed instances `batch` at a time, each batch running before the next.
-        """
-        async with self._reload_lock:
-            if self._stop.is_set():
-                return {"ok": False, "errors": ["the daemon is stopping; reload refused"]}
-            if dry_run:
-                return self._plan_reload()
-            await self._hook("reloading")
-            result = await self._reload(rolling, batch)
-            await self._hook("reloaded", result)
-            return result
-
     async def hook(self, name: str, *args: Any) -> None:
         """Call an optional extension hook; a failing extension is logged, never fatal."""
         await self._hook(name, *args)
@@ -290,92 +177,6 @@ class Daemon:
                 await method(self, *args)
             except Exception:
                 log.exception("extension %s.%s failed", type(extension).__name__, name)
-
-    def _read_new(self) -> tuple[config_mod.FarmConfig | None, list[str]]:
-        """The config file as it is now, or the reasons it cannot be applied."""
-        try:
-            new = config_mod.load(self.config.path)
-            if self.shape is not None:
-                new = self.shape(new)
-        except config_mod.ConfigError as exc:
-            return None, [str(p) for p in exc.problems]
-        for key in ("state_dir", "log_dir", "containment", "log_group"):
-            if getattr(new, key) != getattr(self.config, key):
-                return None, [f"{self.config.path.name}: supervisor.{key}: cannot change while running "
-                              "(restart the daemon)"]
-        problem = self._unappliable(new)
-        if problem:
-            return None, [f"{self.config.path}: {problem}"]
-        return new, []
-
-    def _unappliable(self, new: config_mod.FarmConfig) -> str | None:
-        """All or nothing: what could fail once the new config is in place is tried first (the bound
-        with the runtime scales that stay, and every wanted instance's spec, built as reconcile will)."""
-        dropped = self._dropped_scales(new)
-        scaled = {t: ids for t, ids in self.engine.scaled.items() if t not in dropped}
-        problem = self.engine.over_limit({t: scaled.get(t, new.ids_of(t)) for t in new.executors}, new)
-        if problem:
-            return problem
-        try:
-            self.engine.desired(new, scaled)
-        except Exception as exc:  # a gap in validation: refuse, say so, keep the old config
-            log.exception("reload: the new config cannot be applied")
-            return f"cannot build the instances of the new config ({type(exc).__name__}); nothing was changed"
-        return None
-
-    def _dropped_scales(self, new: config_mod.FarmConfig) -> list[str]:
-        """Editing a type's ids/count in the config replaces a runtime scale of it."""
-        dropped = []
-        for type_name in self.engine.scaled:
-            old, fresh = self.config.executors.get(type_name), new.executors.get(type_name)
-            if fresh is None or old is None or fresh.id_list != old.id_list or fresh.hosts != old.hosts:
-                dropped.append(type_name)
-        return dropped
-
-    def _plan_reload(self) -> dict[str, Any]:
-        new, errors = self._read_new()
-        if new is None:
-            return {"ok": False, "dry_run": True, "errors": errors}
-        dropped = self._dropped_scales(new)
-        changes = self.engine.plan(new, {t: ids for t, ids in self.engine.scaled.items() if t not in dropped})
-        counts = {key: len(ids) for key, ids in changes.items()}
-        del changes["unchanged"]
-        return {"ok": True, "dry_run": True, **counts, "changes": changes, "scale_dropped": dropped}
-
-    async def _reload(self, rolling: bool = False, batch: int = 1) -> dict[str, Any]:
-        new, errors = self._read_new()
-        if new is None:
-            self.emit("reload_failed", level="error", errors="; ".join(errors))
-            return {"ok": False, "errors": errors}
-        dropped = self._dropped_scales(new)
-        if dropped:
-            try:
-                self.engine.commit_overrides({t: ids for t, ids in self.engine.scaled.items() if t not in dropped},
-                                             self.engine.held)
-            except CommandFailed as exc:
-                errors = [f"{self.config.path}: {exc}"]
-                self.emit("reload_failed", level="error", errors="; ".join(errors))
-                return {"ok": False, "errors": errors}
-        self.config = self.engine.config = new
-        self.engine.supervisor_name = new.name
-        if self.forwarder is not None:
-            self.forwarder.reconfigure(new)
-        changes: dict[str, list[str]] = {"started": [], "stopped": [], "restarted": [], "unchanged": []}
-        deferred: list[Any] = []
-        done = await self.engine.reconcile(changes, deferred if rolling else None)
-        osproc.release_free_memory()  # the old config's models and the reload's garbage
-        self.emit("reloaded", **done)
-        del changes["unchanged"]
-        result: dict[str, Any] = {"ok": True, **done, "changes": changes, "scale_dropped": dropped}
-        if rolling:
-            failed = await self.engine.restart_instances(deferred, rolling=True, batch=batch)
-            if failed:
-                names = [i.spec.exec_id for i in deferred]
-                last = max(names.index(f) for f in failed)
-                result.update(ok=False, failed=failed, not_restarted=names[last + 1:],
-                              error=f"{', '.join(failed)} did not come back to running; "
-                                    f"{len(names) - last - 1} changed instance(s) after it were not restarted")
-        return result
 
     # ------------------------------------------------------------------ main
 
@@ -410,7 +211,7 @@ class Daemon:
         log.info("exec-supervisor@%s: containment: %s%s", self.config.name, info["mode"],
                  f" ({info['cgroup']})" if info["cgroup"] else "")
         # Clients find this daemon through the entry even when its config file is broken.
-        from .control import registry
+        from ..control import registry
 
         entry = registry.record(self.config.path, self.config.socket_path, state_dir=str(self.config.state_dir))
         try:
@@ -512,7 +313,7 @@ class Daemon:
     def _start_forwarder(self) -> None:
         if not self.config.events.forward:
             return
-        from .events.forwarder import EventForwarder, SpoolError
+        from ..events.forwarder import EventForwarder, SpoolError
 
         try:
             self.forwarder = EventForwarder(self.config, self.publish_threadsafe)
@@ -534,31 +335,32 @@ def default_extensions() -> list[Callable[[], Any]]:
     scale, reload, ...), the http: listener (a no-op unless http.listen is set; after the control socket,
     whose handlers it reuses), sd_notify to systemd (a no-op outside systemd) and the executors' log
     socket (none without event forwarding)."""
-    from .control.server import ControlServer
-    from .health import Health
-    from .observe.web import WebServer
-    from .relay.service import LogSocket
-    from .systemd import SdNotify
+    from ..control.server import ControlServer
+    from ..health import Health
+    from ..observe.web import WebServer
+    from ..relay.service import LogSocket
+    from ..systemd import SdNotify
 
     return [Health, ControlServer, WebServer, SdNotify, LogSocket]
 
 
 def run(config_path: str, quiet: bool = False, extensions: list[Callable[[], Any]] | None = None,
         resume: str | None = None, fds: str | None = None, start_args: list[str] | None = None,
-        shape: Shape | None = None) -> int:
+        shape: Shape | None = None, loaded: FarmConfig | None = None) -> int:
     """Load, lock, and supervise until stopped. Raises ConfigError / DaemonError for the CLI to print.
 
     The default extensions are always installed; `extensions` adds more (factories, called on the loop).
     resume/fds: the handover file and kept descriptors of an in-place upgrade (see upgrade.py);
     start_args: the options of `start` an upgrade re-executes the daemon with (-q, --tail).
     shape: a change made to the config at every (re)load (see Daemon).
+    loaded: the config as the caller already read it (run-one reads it first to pick its instance).
     """
     inherited = _upgrade().parse_fds(fds) if fds else {}
     try:
-        cfg = config_mod.load(config_path)
+        cfg = loaded if loaded is not None else read_config(config_path)
         if shape is not None:
             cfg = shape(cfg)
-    except config_mod.ConfigError:
+    except ConfigError:
         if resume is not None:
             log.error("upgrade: the new image cannot load %s; the executors keep running and the next "
                       "`exec-supervisor start` adopts them", config_path)
@@ -566,7 +368,7 @@ def run(config_path: str, quiet: bool = False, extensions: list[Callable[[], Any
     share_problem = cfg.share_problem()
     if share_problem:  # a typo in supervisor.name or hosts: must not quietly run nothing
         raise DaemonError(share_problem, 2)
-    log_gid = _prepare_dirs(cfg)
+    log_gid = prepare_dirs(cfg)
     lock = StateLock(cfg.state_dir)
     if "lock" not in inherited or not lock.adopt(inherited.pop("lock")):
         lock.acquire()
