@@ -6,6 +6,10 @@
     statedir.py    state_dir lock and modes, log_dir; DaemonError
 """
 
+from ..lazytls import import_without_ssl
+
+import_without_ssl()  # before asyncio is imported below: the daemon loads ssl only for https (lazytls.py)
+
 from .core import HANDLED_SIGNALS, Daemon, Shape, default_extensions, run, scale_override_note
 from .statedir import DaemonError, StateLock
 

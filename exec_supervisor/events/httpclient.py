@@ -18,10 +18,12 @@ import http.client
 import json
 import os
 import socket
-import ssl
+import sys
 import urllib.request
 from typing import Any
 from urllib.parse import unquote, urlsplit
+
+from ..lazytls import https_connection, load_ssl
 
 
 class TransportError(Exception):
@@ -62,7 +64,8 @@ def describe(exc: BaseException) -> str:
         return "connection failed: connection refused"
     if isinstance(exc, (ConnectionResetError, http.client.RemoteDisconnected, BrokenPipeError)):
         return "connection failed: connection reset"
-    if isinstance(exc, ssl.SSLError):  # before OSError: it is one, and its errno means nothing here
+    ssl = sys.modules.get("ssl")  # loaded only once TLS is used (lazytls)
+    if ssl is not None and isinstance(exc, ssl.SSLError):  # before OSError: it is one, its errno means nothing here
         return f"TLS error: {exc.reason or exc.__class__.__name__}"
     if isinstance(exc, OSError) and exc.errno is not None:
         return f"connection failed: {os.strerror(exc.errno).lower()}"
@@ -79,7 +82,7 @@ class Channel:
         self.port = parts.port or (443 if self.scheme == "https" else 80)
         self._proxy = _environment_proxy(self.scheme, self.host)
         self._connection: http.client.HTTPConnection | None = None
-        self._tls: ssl.SSLContext | None = None
+        self._tls: Any = None  # an ssl.SSLContext, made on the first https request
 
     def close(self) -> None:
         if self._connection is not None:
@@ -127,14 +130,12 @@ class Channel:
         if self._proxy is not None:
             proxy_host, proxy_port, proxy_auth = self._proxy
             if self.scheme == "https":
-                connection = http.client.HTTPSConnection(proxy_host, proxy_port, timeout=timeouts[0],
-                                                         context=self._tls_context())
+                connection = https_connection(proxy_host, proxy_port, timeouts[0], self._tls_context())
                 connection.set_tunnel(self.host, self.port, headers=proxy_auth)
             else:
                 connection = http.client.HTTPConnection(proxy_host, proxy_port, timeout=timeouts[0])
         elif self.scheme == "https":
-            connection = http.client.HTTPSConnection(self.host, self.port, timeout=timeouts[0],
-                                                     context=self._tls_context())
+            connection = https_connection(self.host, self.port, timeouts[0], self._tls_context())
         else:
             connection = http.client.HTTPConnection(self.host, self.port, timeout=timeouts[0])
         try:
@@ -146,10 +147,10 @@ class Channel:
         self._connection = connection
         return connection
 
-    def _tls_context(self) -> ssl.SSLContext:
+    def _tls_context(self) -> Any:
         if self._tls is None:
             bundle = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE")
-            self._tls = ssl.create_default_context(cafile=bundle or None)
+            self._tls = load_ssl().create_default_context(cafile=bundle or None)
         return self._tls
 
 

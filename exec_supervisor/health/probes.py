@@ -25,12 +25,12 @@ import logging
 import os
 import random
 import signal
-import ssl
 import time
 from typing import Any
 from urllib.parse import urlsplit
 
 from ..config.farm import probe_values
+from ..lazytls import load_ssl
 from ..supervise import osproc
 from ..supervise.instance import Instance, State
 
@@ -246,6 +246,7 @@ async def http_get(url: str) -> tuple[int, str, str]:
     port = parts.port or (443 if https else 80)
     context = None
     if https:  # like a Kubernetes probe: the certificate is not checked, only the answer
+        ssl = load_ssl()
         context = ssl.create_default_context()
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE
