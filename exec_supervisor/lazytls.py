@@ -10,6 +10,7 @@ connection either way. Nothing of ours imports ssl at module level: this module 
 
 from __future__ import annotations
 
+import importlib
 import sys
 from types import ModuleType
 from typing import Any
@@ -18,15 +19,14 @@ from typing import Any
 _ASYNCIO_MODULES = ("asyncio.base_events", "asyncio.selector_events", "asyncio.sslproto")
 
 
-def import_without_ssl() -> None:
-    """Import asyncio, http.client and urllib.request with ssl held back (nothing, if ssl is loaded)."""
+def import_without_ssl(*names: str) -> None:
+    """Import these modules (asyncio, http.client, urllib.request) with ssl held back: nothing, if ssl is loaded."""
     if "ssl" in sys.modules:
         return
     sys.modules["ssl"] = None  # type: ignore[assignment]  # makes `import ssl` raise ImportError
     try:
-        import asyncio  # noqa: F401 - imported for its side effect: bound to no ssl
-        import http.client  # noqa: F401
-        import urllib.request  # noqa: F401
+        for name in names:
+            importlib.import_module(name)
     finally:
         if sys.modules.get("ssl", 0) is None:
             del sys.modules["ssl"]

@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import shutil
 import socket
 import sys
 import time
@@ -237,6 +236,8 @@ def executable_command() -> list[str]:
     beside = Path(sys.executable).parent / "exec-supervisor"
     if beside.is_file() and os.access(beside, os.X_OK):
         return [str(beside)]
+    import shutil  # only for unit rendering: the daemon never needs it
+
     found = shutil.which("exec-supervisor")
     if found and "/shims/" not in found:  # a pyenv shim depends on the caller's shell setup
         return [os.path.abspath(found)]

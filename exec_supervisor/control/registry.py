@@ -16,13 +16,14 @@ This module owns those files only; it never reads the config and never talks to 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from ..digests import sha256_hex
 
 ROOT_RUNTIME_DIR = "/run/exec-supervisor"
 
@@ -45,7 +46,7 @@ def config_key(config_path: str | os.PathLike[str]) -> str:
 
 
 def _entry_name(key: str) -> str:
-    digest = hashlib.sha256(key.encode(errors="surrogateescape")).hexdigest()[:16]
+    digest = sha256_hex(key.encode(errors="surrogateescape"), 16)
     stem = "".join(c if c.isalnum() or c in "._-" else "_" for c in os.path.basename(key))[:40]
     return f"{stem}-{digest}.json"
 

@@ -8,7 +8,7 @@
 
 from ..lazytls import import_without_ssl
 
-import_without_ssl()  # before asyncio is imported below: the daemon loads ssl only for https (lazytls.py)
+import_without_ssl("asyncio")  # before asyncio is imported below: the daemon loads ssl only for https (lazytls.py)
 
 from .core import HANDLED_SIGNALS, Daemon, Shape, default_extensions, run, scale_override_note
 from .statedir import DaemonError, StateLock

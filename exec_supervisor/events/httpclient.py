@@ -14,16 +14,18 @@ redirect following.
 from __future__ import annotations
 
 import base64
-import http.client
 import json
 import os
 import socket
 import sys
-import urllib.request
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-from ..lazytls import https_connection, load_ssl
+from ..lazytls import https_connection, import_without_ssl, load_ssl
+
+import_without_ssl("http.client", "urllib.request")  # ssl only for an https:// service (lazytls.py)
+import http.client  # noqa: E402
+import urllib.request  # noqa: E402
 
 
 class TransportError(Exception):

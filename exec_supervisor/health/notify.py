@@ -11,12 +11,13 @@ the caller (health/service.py).
 from __future__ import annotations
 
 import array
-import hashlib
 import os
 import socket
 import struct
 from pathlib import Path
 from typing import Iterator
+
+from ..digests import sha256_hex
 
 # systemd's NOTIFY_BUFFER_MAX: a longer datagram is refused whole.
 MAX_DATAGRAM = 4096
@@ -38,7 +39,7 @@ def socket_address(state_dir: Path) -> str:
     path = str(state_dir / "notify.sock")
     if len(os.fsencode(path)) <= _SUN_PATH_MAX:
         return path
-    digest = hashlib.sha256(os.fsencode(str(state_dir))).hexdigest()[:24]
+    digest = sha256_hex(os.fsencode(str(state_dir)), 24)
     return f"@exec-supervisor/{digest}/notify"
 
 

@@ -16,13 +16,14 @@ line goes is the caller's (relay/service.py).
 from __future__ import annotations
 
 import array
-import hashlib
 import json
 import os
 import socket
 import struct
 from pathlib import Path
 from typing import Iterator
+
+from ..digests import sha256_hex
 
 # The toolkit caps a message at 32000 characters: up to 4 bytes each in UTF-8, plus the JSON.
 MAX_DATAGRAM = 160 * 1024
@@ -39,7 +40,7 @@ def socket_address(state_dir: Path) -> str:
     path = str(state_dir / "log.sock")
     if len(os.fsencode(path)) <= _SUN_PATH_MAX:
         return path
-    digest = hashlib.sha256(os.fsencode(str(state_dir))).hexdigest()[:24]
+    digest = sha256_hex(os.fsencode(str(state_dir)), 24)
     return f"@exec-supervisor/{digest}/log"
 
 

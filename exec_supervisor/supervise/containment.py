@@ -47,7 +47,6 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import errno
-import hashlib
 import logging
 import os
 import re
@@ -55,6 +54,7 @@ import struct
 from pathlib import Path
 from typing import Any
 
+from ..digests import sha256_hex
 from . import osproc, procfs
 
 log = logging.getLogger("exec_supervisor")
@@ -74,7 +74,7 @@ class CgroupUnavailable(Exception):
 
 def farm_id(state_dir: Path) -> str:
     """A stable id of the farm: every daemon on the same state_dir gets the same one."""
-    return hashlib.sha256(os.path.realpath(state_dir).encode()).hexdigest()[:16]
+    return sha256_hex(os.path.realpath(state_dir).encode(), 16)
 
 
 def cgroup2_mount() -> str | None:

@@ -17,7 +17,6 @@ Must not import the engine (the engine imports this) nor anything above supervis
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import logging
 import os
@@ -30,6 +29,7 @@ from ..config import ExecutorType, InstanceSpec
 from . import procfs
 from .instance import Host, Instance, State
 from .procid import TICKS_PER_SECOND, Identity, boot_id, is_child, start_ticks
+from ..digests import sha256_hex
 
 log = logging.getLogger("exec_supervisor")
 
@@ -56,7 +56,7 @@ def launch_hash(spec: InstanceSpec) -> str:
     """A digest of what the process was started with: tells a changed config apart without
     writing env values (secrets live there) into a file."""
     text = json.dumps([spec.argv, spec.env, spec.cwd], separators=(",", ":"))
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
+    return sha256_hex(text.encode(), 16)
 
 
 def identity_record(instance: Instance) -> dict[str, Any] | None:
