@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib
 import sys
+import threading
 from types import ModuleType
 from typing import Any
 
@@ -19,22 +20,28 @@ from typing import Any
 _ASYNCIO_MODULES = ("asyncio.base_events", "asyncio.selector_events", "asyncio.sslproto")
 
 
+# Held while ssl is held back: another thread's `import ssl` (load_ssl) waits instead of failing.
+_holding_back = threading.Lock()
+
+
 def import_without_ssl(*names: str) -> None:
     """Import these modules (asyncio, http.client, urllib.request) with ssl held back: nothing, if ssl is loaded."""
-    if "ssl" in sys.modules:
-        return
-    sys.modules["ssl"] = None  # type: ignore[assignment]  # makes `import ssl` raise ImportError
-    try:
-        for name in names:
-            importlib.import_module(name)
-    finally:
-        if sys.modules.get("ssl", 0) is None:
-            del sys.modules["ssl"]
+    with _holding_back:
+        if "ssl" in sys.modules:
+            return
+        sys.modules["ssl"] = None  # type: ignore[assignment]  # makes `import ssl` raise ImportError
+        try:
+            for name in names:
+                importlib.import_module(name)
+        finally:
+            if sys.modules.get("ssl", 0) is None:
+                del sys.modules["ssl"]
 
 
 def load_ssl() -> ModuleType:
     """The ssl module, also given to asyncio's modules that were imported without it."""
-    import ssl
+    with _holding_back:
+        import ssl
 
     for name in _ASYNCIO_MODULES:
         module = sys.modules.get(name)

@@ -23,9 +23,8 @@ from urllib.parse import unquote, urlsplit
 
 from ..lazytls import https_connection, import_without_ssl, load_ssl
 
-import_without_ssl("http.client", "urllib.request")  # ssl only for an https:// service (lazytls.py)
+import_without_ssl("http.client")  # ssl only for an https:// service (lazytls.py)
 import http.client  # noqa: E402
-import urllib.request  # noqa: E402
 
 
 class TransportError(Exception):
@@ -158,6 +157,11 @@ class Channel:
 
 def _environment_proxy(scheme: str, host: str) -> tuple[str, int, dict[str, str]] | None:
     """(host, port, proxy headers) from HTTP(S)_PROXY unless NO_PROXY exempts the service."""
+    if not any(name.lower().endswith("_proxy") for name in os.environ):
+        return None  # urllib.request (about 4 MiB with what it imports) only when a proxy may be set
+    import_without_ssl("urllib.request")
+    import urllib.request
+
     proxies = urllib.request.getproxies_environment()
     proxy = proxies.get(scheme)
     if not proxy or urllib.request.proxy_bypass_environment(host, proxies):
