@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import os
 import re
+import select
 import shutil
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -24,26 +26,45 @@ SYSTEMD_ANALYZE = shutil.which("systemd-analyze")
 
 
 class NotifyListener:
-    """What systemd would receive: every datagram sent to NOTIFY_SOCKET, parsed into messages."""
+    """What systemd would receive: every datagram sent to NOTIFY_SOCKET, parsed into messages.
+
+    Read on a thread of its own, as systemd reads at once: the socket's queue holds only
+    net.unix.max_dgram_qlen (10) datagrams, and the daemon drops a message it cannot queue,
+    so a test busy elsewhere (an upgrade command) must not leave the queue unread."""
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
         self.messages: list[dict[str, str]] = []
         self.times: list[float] = []
+        self._lock = threading.Lock()
+        self._closed = threading.Event()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
 
-    def drain(self) -> list[dict[str, str]]:
-        while True:
+    def _read(self) -> None:
+        while not self._closed.is_set():
+            if not select.select([self.sock], [], [], 0.1)[0]:
+                continue
             try:
                 data = self.sock.recv(65536)
-            except BlockingIOError:
-                return self.messages
+            except (BlockingIOError, OSError):
+                continue
             fields = dict(line.split("=", 1) for line in data.decode().splitlines() if "=" in line)
-            self.messages.append(fields)
-            self.times.append(time.monotonic())
+            with self._lock:
+                self.messages.append(fields)
+                self.times.append(time.monotonic())
+
+    def close(self) -> None:
+        self._closed.set()
+        self._reader.join(5)
+        self.sock.close()
+
+    def drain(self) -> list[dict[str, str]]:
+        with self._lock:
+            return list(self.messages)
 
     def having(self, key: str, value: str | None = None) -> list[int]:
-        self.drain()
-        return [i for i, m in enumerate(self.messages) if key in m and (value is None or m[key] == value)]
+        return [i for i, m in enumerate(self.drain()) if key in m and (value is None or m[key] == value)]
 
     def wait_for(self, key: str, value: str | None = None, after: int = -1, timeout: float = 15) -> int:
         found = wait_until(lambda: [i for i in self.having(key, value) if i > after], timeout,
@@ -64,8 +85,9 @@ def notify(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.M
     sock.setblocking(False)
     monkeypatch.setenv("NOTIFY_SOCKET", address)
     monkeypatch.setenv("WATCHDOG_USEC", "300000")  # a ping every 0.15 s
-    yield NotifyListener(sock)
-    sock.close()
+    listener = NotifyListener(sock)
+    yield listener
+    listener.close()
 
 
 def test_sd_notify_ready_status_reload_watchdog_stopping(farm: Farm, notify: NotifyListener) -> None:
