@@ -235,8 +235,8 @@ def test_the_page_survives_a_daemon_restart_and_switches_language(farm: Farm, br
     browser.get(url)
     connected = "return document.getElementById('conn').classList.contains('ok');"
     wait_until(lambda: js(browser, connected), 15, what="the page connected")
-    # events.language: zh is the page's language until the operator switches.
-    assert js(browser, "return document.documentElement.lang;") == "zh-CN"
+    # events.language: zh is the page's language until the operator switches (set from the first answer).
+    wait_until(lambda: js(browser, "return document.documentElement.lang;") == "zh-CN", 10, what="the page in Chinese")
     assert "最近事件" in js(browser, "return document.body.textContent;")
     js(browser, "const s = document.getElementById('lang'); s.value = 'en'; s.dispatchEvent(new Event('change'));")
     assert "recent events" in js(browser, "return document.body.textContent;")
