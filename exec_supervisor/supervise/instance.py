@@ -45,7 +45,7 @@ class Instance(Readiness, Stopping):
     # A farm holds thousands of these for its whole life: no per-object __dict__.
     __slots__ = ("spec", "policy", "host", "state", "want_running", "pid", "started_at", "started_wall",
                  "started_boottime", "start_ticks", "adopted", "restarts", "failures", "restart_times", "last_exit",
-                 "log_file", "_log_offset",
+                 "log_file", "_log_offset", "log_size", "log_check_at",
                  "_timer", "_pgid", "_restart_at", "_killed", "_stop_deadline", "_cleanup", "_start_pending",
                  "_rest_waiters", "_state_waiters", "history", "cgroup")
 
@@ -72,6 +72,9 @@ class Instance(Readiness, Stopping):
             os.path.join(host.log_dir, f"{spec.exec_id}.log") if host.log_dir is not None else None
         )
         self._log_offset = 0
+        # The log's size at its last look and when to look again (the engine's rotation pass).
+        self.log_size = 0
+        self.log_check_at = 0.0
         self._timer: Cancellable | None = None
         self._pgid = 0  # the main process's pid: it leads its own session and group
         self._restart_at = 0.0
@@ -253,7 +256,8 @@ class Instance(Readiness, Stopping):
         self._set_state(State.STARTING, reason)
         spec = self.spec
         env = self.host.spawn_env(spec)
-        self._log_offset = osproc.file_size(self.log_file) if self.log_file is not None else 0
+        self._log_offset = self.log_size = osproc.file_size(self.log_file) if self.log_file is not None else 0
+        self.log_check_at = 0.0  # a new run: looked at in the next pass
         self.started_at = time.monotonic()
         self.started_wall = time.time()
         self.started_boottime = time.clock_gettime(time.CLOCK_BOOTTIME)
