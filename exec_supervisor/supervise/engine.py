@@ -35,8 +35,12 @@ from .timers import Cancellable, SlackTimers
 
 log = logging.getLogger("exec_supervisor")
 
-SPAWN_BATCH = 64  # spawns between yields to the loop, so signals and requests stay served
+# Reconcile yields to the loop once it has worked this long, so that signals and control requests
+# (health) are served within milliseconds while 10,000 instances spawn (a spawn takes 0.2-3 ms).
+YIELD_SECONDS = 0.005
 STATE_FLUSH_SECONDS = 0.5  # instances.json: the adoption records (the spawn journal is written at once)
+# ... and at least this many times its last write's duration apart: O(N) work stays a small share of the loop.
+STATE_FLUSH_SHARE = 10
 # systemd hands these to the daemon only; an executor that saw them could confuse systemd.
 PRIVATE_ENV = ("NOTIFY_SOCKET", "WATCHDOG_PID", "WATCHDOG_USEC", "LISTEN_PID", "LISTEN_FDS",
                "LISTEN_FDNAMES", "JOURNAL_STREAM")
@@ -80,6 +84,7 @@ class Engine(Commands, Children, Ownership):
         self._orphan_scan_at = -1.0
         self._state_dirty = False
         self._state_error_logged = -1e9
+        self._state_flush_cost = 0.0  # seconds the last instances.json write took
         self._state_handle: asyncio.TimerHandle | None = None
         self._log_handle: asyncio.TimerHandle | None = None
         self._sigchld_handler = False
@@ -157,7 +162,8 @@ class Engine(Commands, Children, Ownership):
         self.transitions += 1
         self._state_dirty = True
         if self._state_handle is None:
-            self._state_handle = asyncio.get_running_loop().call_later(STATE_FLUSH_SECONDS, self._flush_state)
+            delay = max(STATE_FLUSH_SECONDS, STATE_FLUSH_SHARE * self._state_flush_cost)
+            self._state_handle = asyncio.get_running_loop().call_later(delay, self._flush_state)
         for listener in self._state_listeners:
             listener(instance)
 
@@ -231,7 +237,8 @@ class Engine(Commands, Children, Ownership):
                     if changes is not None:
                         changes["stopped"].append(exec_id)
                     self._retire(instance)
-            actions = seen = 0
+            seen = 0
+            worked_since = time.monotonic()
             for exec_id, (spec, policy) in wanted.items():
                 if self.stopping:
                     break
@@ -245,7 +252,6 @@ class Engine(Commands, Children, Ownership):
                     self._retiring.discard(instance)
                     instance.start()
                     done["started"] += 1
-                    actions += 1
                 elif action == "stop":
                     instance.stop()
                     done["stopped"] += 1
@@ -254,16 +260,15 @@ class Engine(Commands, Children, Ownership):
                         deferred.append(instance)
                     else:
                         instance.restart()
-                        actions += 1
                     done["restarted"] += 1
                 elif action == "unchanged":
                     done["unchanged"] += 1
                 if changes is not None and action in DONE:
                     changes[DONE[action]].append(exec_id)
                 seen += 1
-                # Every batch yields, spawns or not: health and signals are served within one batch.
-                if (actions and actions % SPAWN_BATCH == 0) or seen % (SPAWN_BATCH * 16) == 0:
+                if seen % 8 == 0 and time.monotonic() - worked_since > YIELD_SECONDS:
                     await asyncio.sleep(0)
+                    worked_since = time.monotonic()
             return done
 
     def _retire(self, instance: Instance) -> None:
@@ -299,6 +304,7 @@ class Engine(Commands, Children, Ownership):
         if not self._state_dirty:
             return
         self._state_dirty = False
+        began = time.monotonic()
         records = {}
         for exec_id, instance in self.instances.items():
             record = handover.identity_record(instance)
@@ -307,6 +313,7 @@ class Engine(Commands, Children, Ownership):
         try:
             write_json_atomic(self.state_file, {"supervisor_pid": os.getpid(), "boot_id": handover.boot_id(),
                                                 "instances": records})
+            self._state_flush_cost = time.monotonic() - began
         except OSError as exc:  # state_dir full: try again at the next change, say so once a minute
             self._state_dirty = True
             now = time.monotonic()

@@ -68,8 +68,10 @@ def identity_record(instance: Instance) -> dict[str, Any] | None:
         return None
     if instance.start_ticks is None:
         instance.start_ticks = start_ticks(pid, zombie_ok=True)  # once per spawn
+    if instance.launch_digest is None:
+        instance.launch_digest = launch_hash(instance.spec)  # once per spawn: JSON of the whole env
     return {"pid": pid, "start_ticks": instance.start_ticks, "restarts": instance.restarts,
-            "launch": launch_hash(instance.spec)}
+            "launch": instance.launch_digest}
 
 
 # --------------------------------------------------------------------------- upgrade: write

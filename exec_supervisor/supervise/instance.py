@@ -45,7 +45,7 @@ class Instance(Readiness, Stopping):
     # A farm holds thousands of these for its whole life: no per-object __dict__.
     __slots__ = ("spec", "policy", "host", "state", "want_running", "pid", "started_at", "started_wall",
                  "started_boottime", "start_ticks", "adopted", "restarts", "failures", "restart_times", "last_exit",
-                 "log_file", "_log_offset", "log_size", "log_check_at",
+                 "log_file", "_log_offset", "log_size", "log_check_at", "launch_digest",
                  "_timer", "_pgid", "_restart_at", "_killed", "_stop_deadline", "_cleanup", "_start_pending",
                  "_rest_waiters", "_state_waiters", "history", "cgroup")
 
@@ -75,6 +75,7 @@ class Instance(Readiness, Stopping):
         # The log's size at its last look and when to look again (the engine's rotation pass).
         self.log_size = 0
         self.log_check_at = 0.0
+        self.launch_digest: str | None = None  # handover.launch_hash of the running spec, made once per spawn
         self._timer: Cancellable | None = None
         self._pgid = 0  # the main process's pid: it leads its own session and group
         self._restart_at = 0.0
@@ -262,6 +263,7 @@ class Instance(Readiness, Stopping):
         self.started_wall = time.time()
         self.started_boottime = time.clock_gettime(time.CLOCK_BOOTTIME)
         self.start_ticks = None
+        self.launch_digest = None
         try:
             pid = self.host.spawn(self, env)  # tracked and journaled before anything else runs
         except OSError as exc:

@@ -60,7 +60,7 @@ def _row(ctl: ControlServer, instance: Instance, trees: dict[Instance, Any] | No
     row["rss"] = rss
     row["held"] = instance.spec.exec_id in ctl.engine.held
     row["desired"] = instance.want_running  # wanted running: `status` exits 4 when one of these is not
-    row["log"] = str(instance.log_path) if instance.log_path is not None else "stdout"
+    row["log"] = instance.log_file if instance.log_file is not None else "stdout"
     forwarder = ctl.daemon.forwarder
     # The instance's own log lines the supervisor delivers for it: relayed, pending, dropped.
     row["lines"] = forwarder.lines.of(instance.spec.exec_id) if forwarder is not None else None
