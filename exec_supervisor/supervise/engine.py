@@ -37,7 +37,7 @@ log = logging.getLogger("exec_supervisor")
 
 # Reconcile yields to the loop once it has worked this long, so that signals and control requests
 # (health) are served within milliseconds while 10,000 instances spawn (a spawn takes 0.2-3 ms).
-YIELD_SECONDS = 0.005
+YIELD_SECONDS = 0.002
 STATE_FLUSH_SECONDS = 0.5  # instances.json: the adoption records (the spawn journal is written at once)
 # ... and at least this many times its last write's duration apart: O(N) work stays a small share of the loop.
 STATE_FLUSH_SHARE = 10
@@ -161,11 +161,16 @@ class Engine(Commands, Children, Ownership):
     def state_changed(self, instance: Instance) -> None:
         self.transitions += 1
         self._state_dirty = True
-        if self._state_handle is None:
-            delay = max(STATE_FLUSH_SECONDS, STATE_FLUSH_SHARE * self._state_flush_cost)
-            self._state_handle = asyncio.get_running_loop().call_later(delay, self._flush_state)
+        # While a reconcile spawns (10,000 at start), instances.json waits for its end: an O(N)
+        # write in the middle would hold the loop (the spawn journal already has every pid).
+        if self._state_handle is None and not self._reconcile_lock.locked():
+            self._schedule_flush()
         for listener in self._state_listeners:
             listener(instance)
+
+    def _schedule_flush(self) -> None:
+        delay = max(STATE_FLUSH_SECONDS, STATE_FLUSH_SHARE * self._state_flush_cost)
+        self._state_handle = asyncio.get_running_loop().call_later(delay, self._flush_state)
 
     def on_state_change(self, listener: Any) -> None:
         self._state_listeners.append(listener)
@@ -222,54 +227,62 @@ class Engine(Commands, Children, Ownership):
         deferred: instances to restart are put there instead (a rolling reload restarts them after).
         """
         async with self._reconcile_lock:
-            done = {"started": 0, "stopped": 0, "restarted": 0, "unchanged": 0}
-            if self.stopping:
-                return done
-            wanted = self.desired()
-            for exec_id, instance in list(self.instances.items()):
-                if exec_id in wanted:
-                    continue
-                action = self._decide(exec_id, instance, None)
-                if action == "forget":
-                    self._forget(instance)
-                elif action == "stop":
-                    done["stopped"] += 1
-                    if changes is not None:
-                        changes["stopped"].append(exec_id)
-                    self._retire(instance)
-            seen = 0
-            worked_since = time.monotonic()
-            for exec_id, (spec, policy) in wanted.items():
-                if self.stopping:
-                    break
-                instance = self.instances.get(exec_id)
-                action = self._decide(exec_id, instance, spec)
-                if instance is None:
-                    instance = self.instances[exec_id] = Instance(spec, policy, self)
-                else:
-                    instance.update(spec, policy)
-                if action == "start":
-                    self._retiring.discard(instance)
-                    instance.start()
-                    done["started"] += 1
-                elif action == "stop":
-                    instance.stop()
-                    done["stopped"] += 1
-                elif action == "restart":
-                    if deferred is not None:
-                        deferred.append(instance)
-                    else:
-                        instance.restart()
-                    done["restarted"] += 1
-                elif action == "unchanged":
-                    done["unchanged"] += 1
-                if changes is not None and action in DONE:
-                    changes[DONE[action]].append(exec_id)
-                seen += 1
-                if seen % 8 == 0 and time.monotonic() - worked_since > YIELD_SECONDS:
-                    await asyncio.sleep(0)
-                    worked_since = time.monotonic()
+            try:
+                return await self._reconcile(changes, deferred)
+            finally:
+                if self._state_dirty and self._state_handle is None:
+                    self._schedule_flush()
+
+    async def _reconcile(self, changes: dict[str, list[str]] | None,
+                         deferred: list[Instance] | None) -> dict[str, int]:
+        done = {"started": 0, "stopped": 0, "restarted": 0, "unchanged": 0}
+        if self.stopping:
             return done
+        wanted = self.desired()
+        for exec_id, instance in list(self.instances.items()):
+            if exec_id in wanted:
+                continue
+            action = self._decide(exec_id, instance, None)
+            if action == "forget":
+                self._forget(instance)
+            elif action == "stop":
+                done["stopped"] += 1
+                if changes is not None:
+                    changes["stopped"].append(exec_id)
+                self._retire(instance)
+        seen = 0
+        worked_since = time.monotonic()
+        for exec_id, (spec, policy) in wanted.items():
+            if self.stopping:
+                break
+            instance = self.instances.get(exec_id)
+            action = self._decide(exec_id, instance, spec)
+            if instance is None:
+                instance = self.instances[exec_id] = Instance(spec, policy, self)
+            else:
+                instance.update(spec, policy)
+            if action == "start":
+                self._retiring.discard(instance)
+                instance.start()
+                done["started"] += 1
+            elif action == "stop":
+                instance.stop()
+                done["stopped"] += 1
+            elif action == "restart":
+                if deferred is not None:
+                    deferred.append(instance)
+                else:
+                    instance.restart()
+                done["restarted"] += 1
+            elif action == "unchanged":
+                done["unchanged"] += 1
+            if changes is not None and action in DONE:
+                changes[DONE[action]].append(exec_id)
+            seen += 1
+            if seen % 8 == 0 and time.monotonic() - worked_since > YIELD_SECONDS:
+                await asyncio.sleep(0)
+                worked_since = time.monotonic()
+        return done
 
     def _retire(self, instance: Instance) -> None:
         self._retiring.add(instance)
