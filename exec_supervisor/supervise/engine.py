@@ -279,7 +279,7 @@ class Engine(Commands, Children, Ownership):
             if changes is not None and action in DONE:
                 changes[DONE[action]].append(exec_id)
             seen += 1
-            if seen % 8 == 0 and time.monotonic() - worked_since > YIELD_SECONDS:
+            if time.monotonic() - worked_since > YIELD_SECONDS:
                 await asyncio.sleep(0)
                 worked_since = time.monotonic()
         return done
