@@ -209,7 +209,7 @@ class Children:
         instances = list(self.instances.values())
         for instance in instances:
             instance.stop()
-        await asyncio.gather(*(instance.wait_at_rest() for instance in instances))
+        await asyncio.gather(*(self._stopped_and_removed(instance) for instance in instances))
         await self.sweep(timeout=2.0)
         if self._log_handle:
             self._log_handle.cancel()
@@ -218,6 +218,12 @@ class Children:
         self.journal.close()
         if self.cgroups is not None:
             self.cgroups.close()
+
+    async def _stopped_and_removed(self, instance: Instance) -> None:
+        """At rest, its empty cgroup goes at once: while the others still exit, not all after them."""
+        await instance.wait_at_rest()
+        if instance.cgroup is not None and self.cgroups is not None:
+            self.cgroups.remove(instance.cgroup)
 
     async def sweep(self, timeout: float) -> None:
         """SIGKILL every remaining descendant and reap until none is left (no orphans, no zombies)."""
