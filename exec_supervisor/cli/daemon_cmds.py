@@ -102,6 +102,11 @@ def start(what: str | None, quiet: bool, tail: bool, config_path: str | None, so
         from .upgrade_cmds import dry_run as upgrade_dry_run
 
         upgrade_dry_run(what, resume)
+    from ..config.validate import PendingCheck
+
+    # The config is validated in a child (pydantic stays out of the daemon): started first, it
+    # works while this process imports the daemon.
+    pending = PendingCheck(what) if resume is None else None
     from .. import config as config_mod, daemon
 
     extensions: list[Any] = [lambda: StartBanner(what)]
@@ -112,7 +117,8 @@ def start(what: str | None, quiet: bool, tail: bool, config_path: str | None, so
     try:
         # An upgrade re-executes the daemon with the same options (and --resume).
         again = [*(["-q"] if quiet else []), *(["--tail"] if tail else [])]
-        code = daemon.run(what, quiet=quiet, extensions=extensions, resume=resume, fds=fds, start_args=again)
+        code = daemon.run(what, quiet=quiet, extensions=extensions, resume=resume, fds=fds, start_args=again,
+                          pending=pending)
     except config_mod.ConfigError as exc:
         for problem in exc.problems:
             click.echo(str(problem), err=True)

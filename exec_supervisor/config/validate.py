@@ -4,8 +4,10 @@ The daemon never imports pydantic or PyYAML (together with the models about 12 M
 would stay resident for the daemon's life). It runs `CHILD_CODE` with its own interpreter,
 and the child runs load() and prints one JSON line: the FarmConfig (farm.py's JSON form)
 or its problems. A pathological YAML (an alias bomb, say) then costs the child's memory,
-never the daemon's. Spawning and waiting are the daemon's (supervise/osproc.py): this module
-is pure apart from the child's main().
+never the daemon's. Apart from the child's main(), the one OS call here is PendingCheck: the
+child started with subprocess, as `start` does before anything else (it validates while the
+daemon imports itself) and before the engine reaps children; once the engine runs, a reload
+spawns it through the engine (daemon/readconfig.py).
 """
 
 from __future__ import annotations
@@ -26,6 +28,31 @@ CHILD_CODE = ("import sys; sys.path[0] = sys.argv[1]; "
 # Bounds of the answer the daemon reads (a FarmConfig of 10,000 ids is about 70 KB).
 ANSWER_MAX_BYTES = 64 * 1024 * 1024
 TIMEOUT_SECONDS = 120.0
+
+
+class PendingCheck:
+    """The validating child of one config file, started now; result() waits for its answer."""
+
+    def __init__(self, config_path: str | Path) -> None:
+        import subprocess
+
+        self.config_path = config_path
+        self._process = subprocess.Popen(child_argv(config_path), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                         stderr=subprocess.STDOUT)
+
+    def result(self, timeout: float = TIMEOUT_SECONDS) -> FarmConfig:
+        """The FarmConfig, or ConfigError (its problems, or why the child gave no answer in time)."""
+        import subprocess
+
+        try:
+            output, _ = self._process.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self._process.kill()
+            self._process.communicate()
+            raise ConfigError([Problem(str(self.config_path), None, "",
+                                       f"cannot be validated within {timeout:g}s (is the file built to be slow "
+                                       "to read?)")]) from None
+        return farm_from_answer(self.config_path, output, self._process.returncode)
 
 
 def child_argv(config_path: str | Path) -> list[str]:

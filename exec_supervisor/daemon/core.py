@@ -19,6 +19,7 @@ from typing import Any, Callable
 
 from .. import __version__
 from ..config import ConfigError, FarmConfig
+from ..config.validate import PendingCheck
 from ..events import Event, EventBus, locallog
 from ..supervise import handover, osproc
 from ..supervise.containment import CgroupUnavailable
@@ -346,18 +347,22 @@ def default_extensions() -> list[Callable[[], Any]]:
 
 def run(config_path: str, quiet: bool = False, extensions: list[Callable[[], Any]] | None = None,
         resume: str | None = None, fds: str | None = None, start_args: list[str] | None = None,
-        shape: Shape | None = None, loaded: FarmConfig | None = None) -> int:
+        shape: Shape | None = None, loaded: FarmConfig | None = None, pending: PendingCheck | None = None) -> int:
     """Load, lock, and supervise until stopped. Raises ConfigError / DaemonError for the CLI to print.
 
     The default extensions are always installed; `extensions` adds more (factories, called on the loop).
     resume/fds: the handover file and kept descriptors of an in-place upgrade (see upgrade.py);
     start_args: the options of `start` an upgrade re-executes the daemon with (-q, --tail).
     shape: a change made to the config at every (re)load (see Daemon).
-    loaded: the config as the caller already read it (run-one reads it first to pick its instance).
+    loaded: the config as the caller already read it (run-one reads it first to pick its instance);
+    pending: its validating child, started by the caller while it imported the daemon (`start`).
     """
     inherited = _upgrade().parse_fds(fds) if fds else {}
     try:
-        cfg = loaded if loaded is not None else read_config(config_path)
+        if loaded is not None:
+            cfg = loaded
+        else:
+            cfg = pending.result() if pending is not None else read_config(config_path)
         if shape is not None:
             cfg = shape(cfg)
     except ConfigError:

@@ -1,50 +1,29 @@
 """How the daemon reads its config file: load() runs in a child (config/validate.py), the result comes back.
 
-The child is spawned like a health probe (osproc.spawn_captured: own session, output in a pipe).
-At start nothing reaps children yet, so the daemon waits for the child itself; once the engine
-runs it reaps every child (waitpid(-1)) and hands this one's status over (Engine.watch_helper),
-and the wait never blocks the loop. Either way a config that takes too long to check (a YAML
-built to be slow) is killed after config.validate.TIMEOUT_SECONDS and reported, never applied.
+At start nothing reaps children yet, so the daemon waits for the child itself (PendingCheck, which
+`start` begins before the daemon imports itself); once the engine runs it reaps every child
+(waitpid(-1)), so a reload's child is spawned like a health probe (osproc.spawn_captured) and
+the engine hands its status over (Engine.watch_helper): the wait never blocks the loop. Either
+way a config that takes too long to check (a YAML built to be slow) is killed after
+config.validate.TIMEOUT_SECONDS and reported, never applied.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
-import select
 import signal
-import time
 from pathlib import Path
 from typing import Any
 
 from ..config import ConfigError, FarmConfig, Problem
-from ..config.validate import ANSWER_MAX_BYTES, TIMEOUT_SECONDS, child_argv, farm_from_answer
+from ..config.validate import ANSWER_MAX_BYTES, TIMEOUT_SECONDS, PendingCheck, child_argv, farm_from_answer
 from ..supervise import osproc
 
 
 def read_config(config_path: str | Path, timeout: float = TIMEOUT_SECONDS) -> FarmConfig:
-    """Before the engine starts: the FarmConfig of config_path, or ConfigError."""
-    pid, fd = osproc.spawn_captured(child_argv(config_path), os.environb, ".")
-    deadline = time.monotonic() + timeout
-    output = bytearray()
-    try:
-        while len(output) <= ANSWER_MAX_BYTES:
-            left = deadline - time.monotonic()
-            if left <= 0 or not select.select([fd], [], [], left)[0]:
-                break
-            try:
-                chunk = os.read(fd, 1 << 16)
-            except BlockingIOError:
-                continue
-            if not chunk:
-                _, status = os.waitpid(pid, 0)
-                return farm_from_answer(config_path, bytes(output), os.waitstatus_to_exitcode(status))
-            output += chunk
-    finally:
-        os.close(fd)
-    os.kill(pid, signal.SIGKILL)
-    os.waitpid(pid, 0)
-    raise _too_slow(config_path, timeout)
+    """Before the engine starts (nothing else reaps children yet): the FarmConfig of config_path, or ConfigError."""
+    return PendingCheck(config_path).result(timeout)
 
 
 async def read_config_async(config_path: str | Path, engine: Any, timeout: float = TIMEOUT_SECONDS) -> FarmConfig:
