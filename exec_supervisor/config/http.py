@@ -17,6 +17,7 @@ from typing import Annotated
 
 from pydantic import BeforeValidator, field_validator, model_validator
 
+from . import farm
 from .listen import is_loopback, parse_listen
 from .models import Strict, _env_name_only, _secret_path
 
@@ -42,17 +43,9 @@ class HttpConfig(Strict):
             raise ValueError("use one of token_env or token_file")
         return self
 
-    @property
-    def address(self) -> tuple[str, int] | None:
-        return parse_listen(self.listen) if self.listen else None
 
-    @property
-    def has_token(self) -> bool:
-        return bool(self.token_env or self.token_file)
-
-
-def http_problems(http: HttpConfig) -> list[tuple[str, str]]:
-    """(key, message) for settings that are valid one by one but unsafe together."""
+def http_problems(http: farm.HttpConfig) -> list[tuple[str, str]]:
+    """(key, message) for settings that are valid one by one but unsafe together (on the section's record)."""
     problems = []
     address = http.address
     if address is not None and not is_loopback(address[0]) and not http.has_token:

@@ -334,7 +334,7 @@ def _load(path: Any, display: str, environ: Mapping[str, str]) -> FarmConfig:
 
     http = sections["http"]
     if isinstance(http, HttpConfig):
-        for key, message in http_problems(http):
+        for key, message in http_problems(record_of(http)):
             collector.add(("http", key), message)
         if http.token_file:
             http = http.model_copy(update={"token_file": absolute(base_dir, http.token_file)})
