@@ -9,6 +9,7 @@
     timers.py    start_seconds deadlines on a slack grid; restart backoff
     osproc.py    the OS calls that act: spawn, signals, reaping, the daemon's process settings
     procfs.py    reading /proc: process trees, environments, our own children
+    credsocket.py  a datagram socket whose messages carry the sender's pid (the notify and log sockets)
     procid.py    a process's exact identity: pid, start ticks, boot id, ET_EXEC_ID
     handover.py  the engine's runtime state as data and back (upgrade); adopting a dead daemon's executors
     pidwatch.py  exits of adopted processes (not our children), through pidfds on the loop
